@@ -1,0 +1,34 @@
+# nmt: make install, make train, make test. Variables: CONFIG, PYTHON, MODEL, SRC, REF, TORCH.
+PYTHON ?= python3
+CONFIG ?= configs/en-de.yaml
+RUN_DIR ?= runs/en-de
+MODEL ?= $(RUN_DIR)/best.safetensors
+SRC ?= data/multi30k/test_2016_flickr.en.gz
+REF ?= data/multi30k/test_2016_flickr.de.gz
+BEAM ?= 5
+# The CPU wheel these machines carry; elsewhere pip installs torch 2.13.0 from PyPI as usual.
+TORCH ?= torch==2.13.0
+
+.PHONY: install data train translate evaluate test clean
+
+install:
+	$(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+data:
+	$(PYTHON) -m nmt data
+
+train:
+	$(PYTHON) -m nmt train $(CONFIG) $(ARGS)
+
+translate:
+	$(PYTHON) -m nmt translate -m $(MODEL) --beam $(BEAM) $(if $(INPUT),-i $(INPUT)) $(if $(OUTPUT),-o $(OUTPUT))
+
+evaluate:
+	$(PYTHON) -m nmt evaluate -m $(MODEL) --beam $(BEAM) --src $(SRC) --ref $(REF)
+
+test:
+	$(PYTHON) -m pytest -q tests
+
+clean:
+	rm -rf data/cache .pytest_cache

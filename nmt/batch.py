@@ -1,0 +1,57 @@
+"""Padded tensors from lists of token ids: the one place that fixes where BOS/EOS go.
+
+Source sequences end with EOS; the decoder reads BOS + target and predicts target + EOS. This module imports
+only torch, so translation does not pay for the training-side data libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nmt.tokenizer import BOS, EOS, PAD
+
+
+def pad(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    """(B, L) long tensor, PAD after each sequence; L is the longest sequence unless given."""
+    length = max((len(s) for s in seqs), default=0) if length is None else length
+    out = torch.full((len(seqs), length), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def source_tensors(src: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source ids (without EOS) → (src (B, S) with EOS appended, lengths (B,) on the CPU for packing)."""
+    seqs = [list(s) + [EOS] for s in src]
+    return pad(seqs), torch.tensor([len(s) for s in seqs], dtype=torch.long)
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (B, S) source ids + EOS, PAD-padded
+    src_lens: torch.Tensor  # (B,) on the CPU (pack_padded_sequence wants them there)
+    tgt_in: torch.Tensor  # (B, T) BOS + target ids
+    tgt_out: torch.Tensor  # (B, T) target ids + EOS; PAD where tgt_in is padding
+    n_tokens: int  # non-PAD entries of tgt_out
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(
+            self.src.to(device, non_blocking=True),
+            self.src_lens,
+            self.tgt_in.to(device, non_blocking=True),
+            self.tgt_out.to(device, non_blocking=True),
+            self.n_tokens,
+        )
+
+    def __len__(self) -> int:
+        return self.src.size(0)
+
+
+def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
+    src_t, src_lens = source_tensors(src)
+    tgt_in = pad([[BOS] + list(t) for t in tgt])
+    tgt_out = pad([list(t) + [EOS] for t in tgt])
+    return Batch(src_t, src_lens, tgt_in, tgt_out, int((tgt_out != PAD).sum()))

@@ -1,0 +1,110 @@
+"""The self-contained model file and training checkpoints. Loading either never unpickles objects.
+
+Model file: safetensors; the weights as tensors, the model config (JSON) and the SentencePiece model(s)
+(base64) in its metadata, so translation needs nothing else. Training checkpoint: `torch.save` of tensors
+and plain values, read back with `weights_only=True`. Both are written to a temporary file and renamed into
+place, so a crash never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from nmt.config import model_config_from_dict
+from nmt.errors import NMTError
+from nmt.model import Seq2Seq
+from nmt.tokenizer import Tokenizer
+
+FORMAT = "nmt-model"
+VERSION = 1  # bump when the file layout changes; migrate old files in `load_model` only
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str, Any] | None = None) -> None:
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "model_config": json.dumps(dataclasses.asdict(model.cfg)),
+        "spm_src": base64.b64encode(tok.src_proto).decode("ascii"),
+        "spm_tgt": base64.b64encode(tok.tgt_proto).decode("ascii"),
+        "info": json.dumps(info or {}),
+    }
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict[str, Any]]:
+    """The model (in eval mode), its tokenizer and the info saved with it; NMTError for any bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NMTError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise NMTError(f"{path}: not an nmt model file, or truncated or corrupted ({e})") from None
+    if metadata.get("format") != FORMAT:
+        raise NMTError(f"{path}: not an nmt model file (a safetensors file without nmt's metadata)")
+    try:
+        version = int(metadata.get("version", ""))
+    except ValueError:
+        version = -1
+    if version != VERSION:
+        raise NMTError(f"{path}: model file version {metadata.get('version')!r}, this nmt reads version {VERSION}")
+    try:
+        cfg = model_config_from_dict(json.loads(metadata["model_config"]), f"{path}")
+        tok = Tokenizer(base64.b64decode(metadata["spm_src"]), base64.b64decode(metadata["spm_tgt"]))
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise NMTError(f"{path}: corrupted model file metadata ({e})") from None
+    except NMTError as e:
+        raise NMTError(f"{path}: corrupted model file ({e})") from None
+    model = Seq2Seq(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise NMTError(f"{path}: weights do not fit the model config ({first[0].strip()})") from None
+    return model.to(device).eval(), tok, info
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """`state`: tensors, numbers, strings, lists and dicts only, so it loads with weights_only=True."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise NMTError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; none of them may escape as a traceback
+        raise NMTError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

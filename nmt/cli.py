@@ -1,0 +1,206 @@
+"""Command line: `nmt data | train | translate | evaluate`. Thin front ends over the library.
+
+Each command imports what it needs when it runs, so `nmt translate` never loads the training-side libraries.
+User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C with exit status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from nmt.errors import NMTError
+
+log = logging.getLogger("nmt")
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def read_text_lines(path: str | None) -> list[str]:
+    """Lines of a UTF-8 file, gzip-compressed when named .gz (or stdin for None or '-'), without newlines; NMTError names file and line."""
+    name = "<stdin>" if path in (None, "-") else path
+    try:
+        raw = sys.stdin.buffer.read() if path in (None, "-") else Path(path).read_bytes()
+        if str(path).endswith(".gz"):
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise NMTError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise NMTError(f"{name}: is a folder, not a file") from None
+    except (OSError, EOFError) as e:
+        raise NMTError(f"{name}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise NMTError(f"{name}:{line}: not UTF-8 (byte {e.start})") from None
+    # Only \n ends a line: str.splitlines would also split on \r, \x0b, \x1c, U+2028 ... inside a line.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def write_text_lines(path: str | None, lines: list[str]) -> None:
+    text = "".join(line.replace("\n", " ") + "\n" for line in lines)
+    if path in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from nmt.checkpoint import atomic_write  # written whole, then renamed: no half-written output file
+
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as e:
+        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def _load(args):
+    import torch
+
+    from nmt.checkpoint import load_model
+    from nmt.model import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, tok, _ = load_model(args.model, device)
+    return model, tok, device
+
+
+def _decode_options(args):
+    from nmt.translate import DecodeOptions
+
+    return DecodeOptions(args.beam, args.length_penalty, args.max_len_ratio, args.max_len_offset, args.batch_size)
+
+
+def cmd_data(args) -> None:
+    from nmt import multi30k
+
+    paths = multi30k.fetch(args.dest, args.mirror)
+    print(f"{len(paths)} Multi30k files in {args.dest}, sha256 checked")
+
+
+def cmd_train(args) -> None:
+    from nmt.config import load_config
+    from nmt.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    best = train(cfg, resume=args.resume)
+    print(f"best model: {best}")
+
+
+def cmd_translate(args) -> None:
+    from nmt.translate import translate_lines
+
+    lines = read_text_lines(args.input)
+    model, tok, device = _load(args)
+    out = translate_lines(model, tok, lines, _decode_options(args), model.cfg.max_src_len, device)
+    write_text_lines(args.output, out)
+
+
+def cmd_evaluate(args) -> None:
+    from nmt.metrics import corpus_scores
+    from nmt.translate import translate_lines
+
+    src, ref = read_text_lines(args.src), read_text_lines(args.ref)
+    if len(src) != len(ref):
+        raise NMTError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)}: they must match")
+    model, tok, device = _load(args)
+    hyps = translate_lines(model, tok, src, _decode_options(args), model.cfg.max_src_len, device)
+    if args.output:
+        write_text_lines(args.output, hyps)
+    scores = corpus_scores(hyps, ref)
+    print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
+    print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    if args.json:
+        record = {"model": str(args.model), "src": args.src, "ref": args.ref, "beam": args.beam, **scores}
+        write_text_lines(args.json, [json.dumps(record, indent=2)])
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="model file (best.safetensors of a run)")
+    p.add_argument("--beam", type=_positive("--beam"), default=5, help="beam size; 1 is greedy (default 5)")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=64, help="sentences per batch (default 64)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="GNMT length penalty alpha (default 1.0)")
+    p.add_argument("--max-len-ratio", type=float, default=1.5, help="output pieces at most ratio * source + offset")
+    p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), default=10)
+    p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nmt", description="LSTM neural machine translation")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="fetch Multi30k into data/multi30k (from NMT_DATA_MIRROR when set)")
+    p.add_argument("--dest", default="data/multi30k")
+    p.add_argument("--mirror", default=None, help="local folder with the corpus files (default: $NMT_DATA_MIRROR)")
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser("train", help="train a model", description="train CONFIG [--section.key=value ...]")
+    p.add_argument("config")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("translate", help="translate a text file, one output line per input line")
+    _add_decode_args(p)
+    p.add_argument("-i", "--input", default=None, help="input file (default stdin)")
+    p.add_argument("-o", "--output", default=None, help="output file (default stdout)")
+    p.set_defaults(run=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="translate and score with sacreBLEU (BLEU, chrF)")
+    _add_decode_args(p)
+    p.add_argument("--src", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
+    p.add_argument("-o", "--output", default=None, help="also write the translations to this file")
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        bad = [a for a in extra if not a.startswith("--")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if args.command == "train" else "nmt: %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.run(args)
+    except NMTError as e:
+        print(f"nmt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nmt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours, and no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 0

@@ -1,0 +1,267 @@
+"""Typed configuration: one dataclass per section, loaded from YAML, checked key by key.
+
+Every key and its default is documented in `configs/en-de.yaml`. Unknown keys are rejected with the closest
+valid name, values are checked against the field's type, and `--section.key=value` overrides from the command
+line go through the same checks. The model section is saved in the model file, so that file alone rebuilds
+the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from nmt.errors import NMTError
+
+MULTI30K = "data/multi30k"
+
+
+@dataclass
+class DataConfig:
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # Plain-file corpora are prefixes: `<prefix>.<lang>` or `<prefix>.<lang>.gz`. With `dataset` set, these are
+    # split names of that Hugging Face dataset instead.
+    train: str = f"{MULTI30K}/train"
+    valid: str = f"{MULTI30K}/val"
+    test: list[str] = field(
+        default_factory=lambda: [f"{MULTI30K}/test_2016_flickr", f"{MULTI30K}/test_2017_flickr"]
+    )
+    dataset: Optional[str] = None  # hub name or local folder, loaded with datasets.load_dataset
+    dataset_config: Optional[str] = None  # e.g. "de-en" for wmt14
+    src_column: Optional[str] = None  # two text columns instead of one `translation` column
+    tgt_column: Optional[str] = None
+    fetch_multi30k: bool = True  # download/copy Multi30k into data/multi30k when a file under it is missing
+    max_len: int = 100  # training pairs with more pieces than this on either side are dropped
+    cache_dir: str = "data/cache"  # encoded corpora, as Arrow, keyed by corpus and tokenizer
+    # SentencePiece, trained on the training side when the run directory has no model yet.
+    vocab_size: int = 8000
+    spm_type: Literal["unigram", "bpe"] = "unigram"
+    joint_vocab: bool = True  # one model for both languages, or one per language
+    spm_sentences: int = 2_000_000  # at most this many sentences are used to train SentencePiece
+
+
+@dataclass
+class ModelConfig:
+    src_vocab_size: int = 0  # set from the tokenizer when training starts
+    tgt_vocab_size: int = 0
+    emb_size: int = 256
+    enc_hidden: int = 256  # per direction
+    enc_layers: int = 1
+    dec_hidden: int = 256
+    dec_layers: int = 1
+    attention: Literal["bahdanau", "luong"] = "bahdanau"
+    input_feeding: bool = True  # feed the previous attentional vector to the decoder LSTM
+    dropout: float = 0.3  # on LSTM outputs between layers and on the attentional vector
+    emb_dropout: float = 0.2
+    tie_embeddings: bool = True  # decoder input embedding = output projection weights
+    max_src_len: int = 250  # translate truncates longer inputs (with a warning)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/en-de"
+    seed: int = 1
+    batch_tokens: int = 2000  # target tokens per batch, padding included
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    lr_decay: Literal["none", "plateau", "inverse_sqrt"] = "plateau"
+    plateau_patience: int = 3  # validations without improvement before the learning rate is cut
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-5
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    max_steps: int = 0  # 0: no limit
+    max_epochs: int = 0  # 0: no limit
+    time_budget_min: float = 60.0  # wall-clock minutes of training; 0: no limit
+    valid_every: int = 500  # steps
+    valid_beam: int = 1  # 1: greedy
+    patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early
+    log_every: int = 100
+    threads: int = 0  # torch threads; 0: torch's default
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 5
+    length_penalty: float = 1.0  # GNMT alpha; 0 ranks by raw log-probability
+    max_len_ratio: float = 1.5  # a hypothesis has at most ratio * source length + offset pieces
+    max_len_offset: int = 10
+    batch_size: int = 64  # sentences
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` as type `tp` (ints accepted as floats), or raise NMTError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, where)
+    if origin is Literal:
+        if value not in args:
+            raise NMTError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # a single test set may be written without brackets
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise NMTError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown_key(key: str, valid: list[str], where: str, prefix: str) -> NMTError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(prefix + v for v in valid)})"
+    return NMTError(f"{where}: unknown key '{prefix}{key}'{hint}")
+
+
+def _build(cls: type, values: Any, where: str, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise NMTError(f"{where}: section '{prefix.rstrip('.') or 'top level'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, where, prefix)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(value, tp, f"{where}: {prefix}{key}")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, where: str) -> None:
+    """Values each of right type but impossible; the message names the key."""
+    checks = [
+        ("data.vocab_size", cfg.data.vocab_size >= 8, "must be at least 8"),
+        ("data.max_len", cfg.data.max_len >= 1, "must be positive"),
+        ("data.spm_sentences", cfg.data.spm_sentences >= 1, "must be positive"),
+        ("data.tgt_lang", cfg.data.src_lang != cfg.data.tgt_lang, "must differ from data.src_lang"),
+        ("model.emb_size", cfg.model.emb_size >= 1, "must be positive"),
+        ("model.enc_hidden", cfg.model.enc_hidden >= 1, "must be positive"),
+        ("model.dec_hidden", cfg.model.dec_hidden >= 1, "must be positive"),
+        ("model.enc_layers", cfg.model.enc_layers >= 1, "must be positive"),
+        ("model.dec_layers", cfg.model.dec_layers >= 1, "must be positive"),
+        ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
+        ("model.emb_dropout", 0 <= cfg.model.emb_dropout < 1, "must be in [0, 1)"),
+        ("model.max_src_len", cfg.model.max_src_len >= 1, "must be positive"),
+        ("train.batch_tokens", cfg.train.batch_tokens >= 1, "must be positive"),
+        ("train.lr", cfg.train.lr > 0, "must be positive"),
+        ("train.warmup_steps", cfg.train.warmup_steps >= 0, "must not be negative"),
+        ("train.plateau_patience", cfg.train.plateau_patience >= 1, "must be positive"),
+        ("train.plateau_factor", 0 < cfg.train.plateau_factor < 1, "must be in (0, 1)"),
+        ("train.min_lr", cfg.train.min_lr >= 0, "must not be negative"),
+        ("train.clip_norm", cfg.train.clip_norm >= 0, "must not be negative (0 turns clipping off)"),
+        ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.max_steps", cfg.train.max_steps >= 0, "must not be negative"),
+        ("train.max_epochs", cfg.train.max_epochs >= 0, "must not be negative"),
+        ("train.time_budget_min", cfg.train.time_budget_min >= 0, "must not be negative"),
+        ("train.valid_every", cfg.train.valid_every >= 1, "must be positive"),
+        ("train.valid_beam", cfg.train.valid_beam >= 1, "must be positive"),
+        ("train.patience", cfg.train.patience >= 0, "must not be negative"),
+        ("train.log_every", cfg.train.log_every >= 1, "must be positive"),
+        ("train.threads", cfg.train.threads >= 0, "must not be negative"),
+        ("decode.beam", cfg.decode.beam >= 1, "must be positive"),
+        ("decode.length_penalty", cfg.decode.length_penalty >= 0, "must not be negative"),
+        ("decode.max_len_ratio", cfg.decode.max_len_ratio > 0, "must be positive"),
+        ("decode.max_len_offset", cfg.decode.max_len_offset >= 1, "must be positive"),
+        ("decode.batch_size", cfg.decode.batch_size >= 1, "must be positive"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise NMTError(f"{where}: {key} {message}")
+    if (cfg.data.src_column is None) != (cfg.data.tgt_column is None):
+        raise NMTError(f"{where}: data.src_column and data.tgt_column must be given together")
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """`--train.lr=1e-3` → ("train.lr", 0.001); the value is read as YAML."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise NMTError(f"override '{arg}': expected --section.key=value")
+    key, raw = body.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def config_from_dict(doc: Any, where: str, overrides: list[str] = ()) -> Config:
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise NMTError(f"{where}: a config is a mapping of sections (data, model, train, decode)")
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
+    for arg in overrides:
+        key, value = parse_override(arg)
+        section, _, name = key.partition(".")
+        target = doc.setdefault(section, {})
+        if not isinstance(target, dict) or "." in name:
+            raise NMTError(f"override '{arg}': expected --section.key=value")
+        target[name] = value
+    cfg = _build(Config, doc, where, "")
+    _validate(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NMTError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NMTError(f"{path}: cannot read config ({e})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise NMTError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    return config_from_dict(doc, str(path), overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def model_config_from_dict(doc: dict[str, Any], where: str) -> ModelConfig:
+    """The model section as stored in a model file."""
+    cfg = _build(ModelConfig, doc, where, "model.")
+    return cfg

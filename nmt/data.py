@@ -1,0 +1,257 @@
+"""Corpora: plain or gzip parallel files, or a Hugging Face dataset; cleaning; an Arrow cache of encoded ids;
+length-bucketed batches sized in tokens.
+
+A corpus is loaded through `datasets` as two text columns, `src` and `tgt`. The training split is cleaned
+(empty and over-long pairs dropped, counted in the log). Encoded ids are saved with `save_to_disk` under a key
+made of the corpus content and the tokenizer, and memory-mapped from there, so a second run skips encoding.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import datasets
+import numpy as np
+import torch
+
+from nmt import multi30k
+from nmt.batch import Batch, make_batch
+from nmt.config import DataConfig
+from nmt.errors import NMTError
+from nmt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+datasets.disable_progress_bars()
+datasets.logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain-file corpora
+
+
+def corpus_file(prefix: str, lang: str) -> Path:
+    """`<prefix>.<lang>`, or `<prefix>.<lang>.gz` when only that exists."""
+    plain = Path(f"{prefix}.{lang}")
+    gz = Path(f"{prefix}.{lang}.gz")
+    if plain.is_file():
+        return plain
+    if gz.is_file():
+        return gz
+    raise NMTError(f"{plain}: corpus file not found (nor {gz.name})")
+
+
+def open_text(path: Path):
+    """Text lines of a plain or gzip file, as bytes (decoded by the caller, who knows the line number)."""
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise NMTError(f"{path}: cannot open ({e.strerror})") from None
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """Lines of a UTF-8 text file without their newline; NMTError names file and line on bad bytes."""
+    with open_text(path) as f:
+        try:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise NMTError(f"{path}:{number}: not UTF-8 (byte {e.start})") from None
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise NMTError(f"{path}: cannot read ({e})") from None
+
+
+def count_lines(path: Path) -> int:
+    with open_text(path) as f:
+        try:
+            return sum(1 for _ in f)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise NMTError(f"{path}: cannot read ({e})") from None
+
+
+def _pairs(src_path: str, tgt_path: str, digest: str) -> Iterator[dict[str, str]]:
+    # `digest` is unused here: it is part of the generator's arguments so that datasets' cache key changes
+    # whenever the files' content does.
+    for src, tgt in zip(read_lines(Path(src_path)), read_lines(Path(tgt_path))):
+        yield {"src": src, "tgt": tgt}
+
+
+def file_digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(multi30k.sha256(path).encode())
+    return digest.hexdigest()
+
+
+def load_parallel_files(prefix: str, src_lang: str, tgt_lang: str, cache_dir: str) -> datasets.Dataset:
+    src_path, tgt_path = corpus_file(prefix, src_lang), corpus_file(prefix, tgt_lang)
+    n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
+    if n_src != n_tgt:
+        raise NMTError(f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must match")
+    if n_src == 0:
+        raise NMTError(f"{src_path}: corpus is empty")
+    kwargs = {"src_path": str(src_path), "tgt_path": str(tgt_path), "digest": file_digest(src_path, tgt_path)}
+    try:
+        return datasets.Dataset.from_generator(_pairs, gen_kwargs=kwargs, cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, NMTError):  # raised by read_lines inside the generator: a bad line
+            raise cause from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def load_hf_split(cfg: DataConfig, split: str) -> datasets.Dataset:
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise NMTError(f"dataset {cfg.dataset!r} split {split!r}: cannot load ({e})") from None
+    if cfg.src_column is not None:
+        missing = [c for c in (cfg.src_column, cfg.tgt_column) if c not in ds.column_names]
+        if missing:
+            raise NMTError(f"dataset {cfg.dataset!r}: no column {missing[0]!r} (columns: {ds.column_names})")
+        return ds.select_columns([cfg.src_column, cfg.tgt_column]).rename_columns(
+            {cfg.src_column: "src", cfg.tgt_column: "tgt"}
+        )
+    if "translation" not in ds.column_names:
+        raise NMTError(
+            f"dataset {cfg.dataset!r}: no 'translation' column (columns: {ds.column_names}); "
+            "name two text columns with data.src_column and data.tgt_column"
+        )
+    first = ds[0]["translation"] if len(ds) else {}
+    for lang in (cfg.src_lang, cfg.tgt_lang):
+        if lang not in first:
+            raise NMTError(f"dataset {cfg.dataset!r}: translation column has no language {lang!r}")
+    src_lang, tgt_lang = cfg.src_lang, cfg.tgt_lang
+    return ds.map(
+        lambda b: {"src": [t[src_lang] for t in b["translation"]], "tgt": [t[tgt_lang] for t in b["translation"]]},
+        batched=True,
+        remove_columns=ds.column_names,
+        new_fingerprint=hashlib.sha256(f"{ds._fingerprint}/{src_lang}/{tgt_lang}".encode()).hexdigest()[:16],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Any split
+
+
+def ensure_corpus(cfg: DataConfig, prefix: str) -> None:
+    """Fetch Multi30k when a split under data/multi30k is missing and the config allows it."""
+    if cfg.dataset is not None or not cfg.fetch_multi30k or not multi30k.is_multi30k_path(prefix):
+        return
+    for lang in (cfg.src_lang, cfg.tgt_lang):
+        if not Path(f"{prefix}.{lang}").is_file() and not Path(f"{prefix}.{lang}.gz").is_file():
+            multi30k.fetch(Path(prefix).parent)
+            return
+
+
+def load_text(cfg: DataConfig, split: str) -> datasets.Dataset:
+    """A split as a Dataset with text columns `src` and `tgt`."""
+    if cfg.dataset is not None:
+        return load_hf_split(cfg, split)
+    ensure_corpus(cfg, split)
+    return load_parallel_files(split, cfg.src_lang, cfg.tgt_lang, cfg.cache_dir)
+
+
+def split_name(cfg: DataConfig, split: str) -> str:
+    """A short name for logs and metrics: `test_2016_flickr` for `data/multi30k/test_2016_flickr`."""
+    return split if cfg.dataset is not None else Path(split).name
+
+
+def _encoded_key(text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean: bool) -> str:
+    digest = hashlib.sha256()
+    for part in (text._fingerprint, tok.src_proto, tok.tgt_proto, f"{clean}/{cfg.max_len}"):
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
+    return digest.hexdigest()[:24]
+
+
+def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str) -> datasets.Dataset:
+    """Columns `src_ids`, `tgt_ids` (no BOS/EOS), `src_len`, `tgt_len`; cached on disk as Arrow.
+
+    With `clean`, pairs with an empty side or more than `max_len` pieces on either side are dropped.
+    """
+    key = _encoded_key(text, tok, cfg, clean)
+    path = Path(cfg.cache_dir) / "encoded" / key
+    if path.is_dir():
+        log.info("%s: encoded corpus from cache %s", name, path)
+        return datasets.load_from_disk(str(path))
+
+    def encode_batch(batch: dict[str, list[str]]) -> dict[str, list]:
+        src, tgt = tok.encode_src(batch["src"]), tok.encode_tgt(batch["tgt"])
+        return {"src_ids": src, "tgt_ids": tgt, "src_len": [len(s) for s in src], "tgt_len": [len(t) for t in tgt]}
+
+    ds = text.map(encode_batch, batched=True, batch_size=2000, remove_columns=text.column_names, new_fingerprint=key)
+    if clean:
+        n_before = len(ds)
+        ds = ds.filter(
+            lambda s, t: 0 < s <= cfg.max_len and 0 < t <= cfg.max_len,
+            input_columns=["src_len", "tgt_len"],
+            new_fingerprint=key + "-clean",
+        )
+        if len(ds) == 0:
+            raise NMTError(f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})")
+        log.info("%s: %d pairs kept, %d dropped (empty or over %d pieces)", name, len(ds), n_before - len(ds), cfg.max_len)
+    # Save under a temporary name and rename, so an interrupted run leaves no half-written cache entry.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{key}.")
+    try:
+        ds.save_to_disk(tmp)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batching
+
+
+def token_batches(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, batch_tokens: int, generator: torch.Generator | None
+) -> list[np.ndarray]:
+    """Group sentence indices into batches of similar length with at most `batch_tokens` padded tokens.
+
+    A batch's size is counted as its sentence count times its longest side (+1 for EOS), so padding counts.
+    With a generator, sentences of equal length are shuffled and so is the batch order; without one the order
+    is fixed (validation). A single sentence longer than the budget still forms a batch of its own.
+    """
+    n = len(src_lens)
+    if generator is not None:
+        jitter = torch.randperm(n, generator=generator).numpy()
+    else:
+        jitter = np.arange(n)
+    # Sort by target then source length; the random permutation breaks ties.
+    order = jitter[np.lexsort((src_lens[jitter], tgt_lens[jitter]))]
+    longest = np.maximum(src_lens, tgt_lens)[order] + 1
+    batches, start, running_max = [], 0, 0
+    for i in range(n):
+        running_max = max(running_max, int(longest[i]))
+        if (i - start + 1) * running_max > batch_tokens and i > start:
+            batches.append(order[start:i])
+            start, running_max = i, int(longest[i])
+    if start < n:
+        batches.append(order[start:])
+    if generator is not None:
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    ds = ds.with_format("numpy")
+    return np.asarray(ds["src_len"]), np.asarray(ds["tgt_len"])
+
+
+def collate(ds: datasets.Dataset, indices: np.ndarray) -> Batch:
+    rows = ds[indices.tolist()]
+    return make_batch(rows["src_ids"], rows["tgt_ids"])

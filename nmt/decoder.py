@@ -1,0 +1,110 @@
+"""LSTM decoder with attention, input feeding and a bridge from the encoder's final states.
+
+One step: the LSTM reads the previous target embedding (and, with input feeding, the previous attentional
+vector); its top output queries the attention; the attentional vector tanh(W [h; context]) predicts the next
+token (Luong et al. 2015). Without input feeding the LSTM has no step-to-step dependency outside itself, so
+teacher-forced training runs the whole target sequence through one `nn.LSTM` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nmt.attention import Attention
+from nmt.tokenizer import PAD
+
+
+@dataclass
+class DecoderState:
+    """Everything a decoding step needs, batch-first except the LSTM states (torch's layout)."""
+
+    h: torch.Tensor  # (L, N, H)
+    c: torch.Tensor  # (L, N, H)
+    feed: torch.Tensor  # (N, H) previous attentional vector (zeros before the first step)
+    memory: torch.Tensor  # (N, S, M) encoder outputs
+    keys: torch.Tensor  # (N, S, H) attention keys, projected once per sentence
+    mask: torch.Tensor  # (N, S) True on real source tokens
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        """Rows `index` (K,) of every tensor: for beam expansion, reordering and dropping finished sentences."""
+        return DecoderState(
+            self.h.index_select(1, index), self.c.index_select(1, index), self.feed.index_select(0, index),
+            self.memory.index_select(0, index), self.keys.index_select(0, index), self.mask.index_select(0, index),
+        )
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self, vocab_size: int, emb_size: int, hidden: int, layers: int, memory_size: int, attention: str,
+        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool,
+    ):
+        super().__init__()
+        self.layers, self.hidden, self.input_feeding = layers, hidden, input_feeding
+        self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
+        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.rnn = nn.LSTM(
+            emb_size + (hidden if input_feeding else 0), hidden, num_layers=layers, batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.attention = Attention(attention, hidden, memory_size)
+        self.combine = nn.Linear(hidden + memory_size, hidden)
+        self.dropout = nn.Dropout(dropout)
+        # Bridge: the encoder's last-layer final state initialises every decoder layer.
+        self.bridge_h = nn.Linear(memory_size, layers * hidden)
+        self.bridge_c = nn.Linear(memory_size, layers * hidden)
+        self.tie_embeddings = tie_embeddings
+        if tie_embeddings:
+            # Logits = embedding matrix × attentional vector, through a projection when the sizes differ.
+            self.out_proj = nn.Linear(hidden, emb_size, bias=False) if hidden != emb_size else nn.Identity()
+            self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.output = nn.Linear(hidden, vocab_size)
+
+    def init_state(
+        self, memory: torch.Tensor, final: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
+    ) -> DecoderState:
+        """memory (B, S, M), final (h, c) each (enc_layers, B, M), mask (B, S)."""
+        batch = memory.size(0)
+
+        def bridge(linear: nn.Linear, state: torch.Tensor) -> torch.Tensor:
+            # (B, M) → (B, L*H) → (L, B, H)
+            return torch.tanh(linear(state[-1])).view(batch, self.layers, self.hidden).transpose(0, 1).contiguous()
+
+        feed = memory.new_zeros(batch, self.hidden)
+        keys = self.attention.precompute(memory)
+        return DecoderState(bridge(self.bridge_h, final[0]), bridge(self.bridge_c, final[1]), feed, memory, keys, mask)
+
+    def logits(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Attentional vectors (..., H) → logits (..., V)."""
+        if self.tie_embeddings:
+            return F.linear(self.out_proj(vectors), self.embed.weight, self.out_bias)
+        return self.output(vectors)
+
+    def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSTM outputs (B, T, H) → attentional vectors (B, T, H), attention weights (B, T, S)."""
+        context, weights = self.attention(out, state.keys, state.memory, state.mask)  # (B, T, M), (B, T, S)
+        vectors = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, H)
+        return self.dropout(vectors), weights
+
+    def run(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """tgt_in (B, T) → attentional vectors (B, T, H), the state after step T, weights (B, T, S)."""
+        emb = self.emb_dropout(self.embed(tgt_in))  # (B, T, E)
+        if not self.input_feeding:
+            out, (h, c) = self.rnn(emb, (state.h, state.c))  # whole sequence in one call
+            vectors, weights = self._attend(out, state)
+            return vectors, DecoderState(h, c, vectors[:, -1], state.memory, state.keys, state.mask), weights
+        h, c, feed = state.h, state.c, state.feed
+        all_vectors, all_weights = [], []
+        for t in range(emb.size(1)):
+            x = torch.cat([emb[:, t], feed], dim=-1).unsqueeze(1)  # (B, 1, E + H)
+            out, (h, c) = self.rnn(x, (h, c))  # out (B, 1, H)
+            vector, weights = self._attend(out, state)  # (B, 1, H), (B, 1, S)
+            feed = vector.squeeze(1)
+            all_vectors.append(vector)
+            all_weights.append(weights)
+        new_state = DecoderState(h, c, feed, state.memory, state.keys, state.mask)
+        return torch.cat(all_vectors, 1), new_state, torch.cat(all_weights, 1)

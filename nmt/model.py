@@ -1,0 +1,74 @@
+"""The encoder–decoder: built from a `ModelConfig` alone, so a model file rebuilds it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.batch import Batch
+from nmt.config import ModelConfig
+from nmt.errors import NMTError
+from nmt.decoder import Decoder, DecoderState
+from nmt.encoder import Encoder
+from nmt.tokenizer import PAD
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout)
+        self.decoder = Decoder(
+            cfg.tgt_vocab_size, cfg.emb_size, cfg.dec_hidden, cfg.dec_layers, self.encoder.output_size,
+            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(p, std=self.cfg.emb_size ** -0.5)
+            elif "rnn" in name and "bias" in name:
+                # Forget-gate bias 1 (gates are ordered i, f, g, o), others 0: gradients flow early in training.
+                nn.init.zeros_(p)
+                hidden = p.numel() // 4
+                p.data[hidden : 2 * hidden] = 0.5  # bias_ih + bias_hh: 1 in all
+            elif p.dim() == 2 and "rnn" not in name:
+                nn.init.xavier_uniform_(p)
+            elif "bias" in name:
+                nn.init.zeros_(p)
+        with torch.no_grad():
+            self.encoder.embed.weight[PAD].zero_()
+            self.decoder.embed.weight[PAD].zero_()
+
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> DecoderState:
+        """src (B, S), src_lens (B,) → the decoder's initial state."""
+        memory, final = self.encoder(src, src_lens)
+        return self.decoder.init_state(memory, final, src != PAD)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for `batch.tgt_out`."""
+        state = self.encode(batch.src, batch.src_lens)
+        vectors, _, _ = self.decoder.run(batch.tgt_in, state)
+        return self.decoder.logits(vectors)
+
+    def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """prev (N,) last tokens → log-probabilities (N, V) of the next, the new state, attention (N, S)."""
+        vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
+        logp = torch.log_softmax(self.decoder.logits(vectors[:, 0]).float(), dim=-1)
+        return logp, state, weights[:, 0]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NMTError(f"device {name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NMTError(f"device {name!r}: asked for, but torch sees no CUDA device")
+    return device

@@ -1,0 +1,105 @@
+"""SentencePiece: training on the corpus, loading from bytes, encoding and decoding.
+
+Every SentencePiece model here has the same special ids, so the model and search code can use constants.
+The models travel as serialized bytes: written into the run directory and embedded in the model file.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+
+from nmt.errors import NMTError
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def train_spm(
+    sentences: Iterable[str], vocab_size: int, model_type: str, max_sentences: int, seed: int = 1
+) -> bytes:
+    """Train a SentencePiece model on `sentences` and return it serialized.
+
+    `hard_vocab_limit=False` lets a small corpus (tests, toy data) end with fewer pieces than asked for
+    instead of failing.
+    """
+    model = io.BytesIO()
+
+    def non_empty() -> Iterator[str]:
+        for s in sentences:
+            if s.strip():
+                yield s
+
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=non_empty(),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            hard_vocab_limit=False,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise NMTError(f"SentencePiece training failed: {e}") from None
+    return model.getvalue()
+
+
+def load_spm(proto: bytes, where: str) -> spm.SentencePieceProcessor:
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(proto)
+    except (RuntimeError, OSError) as e:
+        raise NMTError(f"{where}: not a SentencePiece model ({e})") from None
+    if (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) != (PAD, UNK, BOS, EOS):
+        raise NMTError(f"{where}: SentencePiece model has other special ids than nmt's")
+    return sp
+
+
+@dataclass
+class Tokenizer:
+    """The source and target SentencePiece models (the same object when the vocabulary is joint)."""
+
+    src_proto: bytes
+    tgt_proto: bytes
+
+    def __post_init__(self) -> None:
+        self.src = load_spm(self.src_proto, "source SentencePiece model")
+        self.tgt = self.src if self.tgt_proto == self.src_proto else load_spm(self.tgt_proto, "target SentencePiece model")
+
+    @property
+    def joint(self) -> bool:
+        return self.src is self.tgt
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        return self.src.encode(lines)
+
+    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
+        return self.tgt.encode(lines)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return self.tgt.decode(ids)
+
+    def src_pieces(self, ids: list[int]) -> list[str]:
+        return [self.src.id_to_piece(i) for i in ids]
+
+    def tgt_pieces(self, ids: list[int]) -> list[str]:
+        return [self.tgt.id_to_piece(i) for i in ids]

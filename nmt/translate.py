@@ -1,0 +1,57 @@
+"""Translate lines of text with a loaded model: one output line per input line, in order.
+
+Lines are encoded, sorted by length into batches (less padding), decoded and put back in input order. Empty
+lines give empty lines without touching the model; lines longer than the model's limit are truncated with a
+warning, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from nmt.batch import source_tensors
+from nmt.search import Searchable, decode
+from nmt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeOptions:
+    beam: int = 5
+    length_penalty: float = 1.0
+    max_len_ratio: float = 1.5
+    max_len_offset: int = 10
+    batch_size: int = 64
+
+
+def translate_ids(
+    model: Searchable, src_ids: list[list[int]], opts: DecodeOptions, device: torch.device | str = "cpu"
+) -> list[list[int]]:
+    """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs."""
+    out: list[list[int]] = [[] for _ in src_ids]
+    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: len(src_ids[i]), reverse=True)
+    for start in range(0, len(order), opts.batch_size):
+        chunk = order[start : start + opts.batch_size]
+        src, src_lens = source_tensors([src_ids[i] for i in chunk])
+        hyps = decode(
+            model, src.to(device), src_lens, opts.beam, opts.length_penalty, opts.max_len_ratio, opts.max_len_offset
+        )
+        for i, hyp in zip(chunk, hyps):
+            out[i] = hyp.tokens
+    return out
+
+
+def translate_lines(
+    model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeOptions, max_src_len: int,
+    device: torch.device | str = "cpu",
+) -> list[str]:
+    src_ids = tok.encode_src(lines)
+    for number, ids in enumerate(src_ids, 1):
+        if len(ids) > max_src_len - 1:  # room for the EOS
+            log.warning("line %d: %d pieces, truncated to the model's %d", number, len(ids), max_src_len - 1)
+            src_ids[number - 1] = ids[: max_src_len - 1]
+    return tok.decode_tgt(translate_ids(model, src_ids, opts, device))

@@ -1,0 +1,72 @@
+"""The model file is self-contained and rejects bad files with a clear error."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from conftest import tiny_model
+from nmt.batch import make_batch
+from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from nmt.errors import NMTError
+from nmt.tokenizer import Tokenizer, train_spm
+
+LINES = ["a red dog runs", "ein roter Hund läuft", "the small cat sleeps", "die kleine Katze schläft"] * 20
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    proto = train_spm(LINES, 40, "bpe", 1000)
+    return Tokenizer(proto, proto)
+
+
+def test_model_file_rebuilds_model_and_tokenizer(tmp_path, tok):
+    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, tie_embeddings=True).eval()
+    save_model(tmp_path / "m.safetensors", model, tok, {"step": 7})
+    loaded, loaded_tok, info = load_model(tmp_path / "m.safetensors")
+    assert loaded.cfg == model.cfg and info == {"step": 7}
+    assert loaded_tok.src_proto == tok.src_proto and loaded_tok.joint
+    batch = make_batch([[4, 5, 6]], [[7, 8]])
+    torch.testing.assert_close(loaded(batch), model(batch))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_bad_model_files_give_clear_errors(tmp_path, tok):
+    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size)
+    good = tmp_path / "m.safetensors"
+    save_model(good, model, tok)
+    data = good.read_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "garbage": b"\x00\x01hello" * 100,
+        "empty": b"",
+        "text": b"this is not a model\n",
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(NMTError, match=rf"{name}.safetensors: not an nmt model file"):
+            load_model(path)
+    with pytest.raises(NMTError, match="model file not found"):
+        load_model(tmp_path / "none.safetensors")
+
+
+def test_other_version_and_foreign_safetensors(tmp_path, tok):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(NMTError, match="without nmt's metadata"):
+        load_model(tmp_path / "foreign.safetensors")
+    save_file({"w": torch.zeros(2)}, tmp_path / "future.safetensors", metadata={"format": "nmt-model", "version": "99"})
+    with pytest.raises(NMTError, match="model file version '99', this nmt reads version 1"):
+        load_model(tmp_path / "future.safetensors")
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    state = {"model": {"w": torch.arange(3.0)}, "step": 5, "rng": torch.get_rng_state(), "names": ["a"]}
+    save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded["step"] == 5 and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(NMTError, match="bad.pt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")

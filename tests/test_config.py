@@ -1,0 +1,75 @@
+"""Config loading: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nmt.config import Config, config_from_dict, load_config, save_config
+from nmt.errors import NMTError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reference_config_documents_every_key():
+    doc = yaml.safe_load((ROOT / "configs/en-de.yaml").read_text())
+    defaults = Config().to_dict()
+    for section, values in defaults.items():
+        documented = set(doc[section])
+        missing = set(values) - documented - {"src_vocab_size", "tgt_vocab_size"}
+        assert not missing, f"configs/en-de.yaml does not document {section}: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_overrides_are_typed():
+    cfg = config_from_dict({}, "x.yaml", ["--train.lr=5e-4", "--model.input_feeding=false", "--data.test=[a, b]"])
+    assert cfg.train.lr == 5e-4 and cfg.model.input_feeding is False and cfg.data.test == ["a", "b"]
+    assert config_from_dict({"train": {"lr": 1}}, "x").train.lr == 1.0  # an int is a fine float
+
+
+def test_round_trip(tmp_path):
+    cfg = config_from_dict({"model": {"emb_size": 64}}, "x")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "doc, overrides, message",
+    [
+        ({"train": {"lrr": 0.1}}, [], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        ({"modle": {}}, [], "unknown key 'modle' (did you mean 'model'?)"),
+        ({"model": {"emb_size": "big"}}, [], "model.emb_size: expected int, got str 'big'"),
+        ({"model": {"emb_size": 1.5}}, [], "model.emb_size: expected int, got float"),
+        ({"model": {"input_feeding": "yes"}}, [], "model.input_feeding: expected bool"),
+        ({"train": {"lr": True}}, [], "train.lr: expected float, got bool"),
+        ({"model": {"attention": "dot"}}, [], "model.attention: 'dot' is not one of 'bahdanau', 'luong'"),
+        ({"train": {"batch_tokens": 0}}, [], "train.batch_tokens must be positive"),
+        ({"model": {"dropout": 1.5}}, [], "model.dropout must be in [0, 1)"),
+        ({"decode": {"beam": 0}}, [], "decode.beam must be positive"),
+        ({"data": {"tgt_lang": "en"}}, [], "data.tgt_lang must differ from data.src_lang"),
+        ({"train": 3}, [], "section 'train' must be a mapping"),
+        ({}, ["--train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        ({}, ["--lr=1"], "expected --section.key=value"),
+        ([1, 2], [], "a config is a mapping of sections"),
+    ],
+)
+def test_errors_name_the_key(doc, overrides, message):
+    with pytest.raises(NMTError) as e:
+        config_from_dict(doc, "my.yaml", overrides)
+    assert message in str(e.value)
+    assert str(e.value).startswith("my.yaml") or "override" in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(NMTError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(NMTError, match=r"bad.yaml: line \d+ invalid YAML"):
+        load_config(bad)

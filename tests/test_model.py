@@ -1,0 +1,101 @@
+"""Model invariants: shapes, padding changes nothing, a packed batch encodes each sentence as it would alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import VARIANTS, tiny_model
+from nmt.batch import Batch, make_batch, pad
+from nmt.loss import token_loss_sum
+from nmt.tokenizer import EOS, PAD
+
+SRC = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 4]]
+TGT = [[5, 6], [7, 8, 9, 10, 4], [6]]
+
+
+def padded_more(batch: Batch, extra: int) -> Batch:
+    """The same batch with `extra` more PAD columns on source and target."""
+    grow = lambda t: torch.cat([t, torch.full((t.size(0), extra), PAD, dtype=t.dtype)], dim=1)
+    return Batch(grow(batch.src), batch.src_lens, grow(batch.tgt_in), grow(batch.tgt_out), batch.n_tokens)
+
+
+def loss_and_grads(model, batch: Batch, label_smoothing: float = 0.0):
+    model.zero_grad()
+    loss = token_loss_sum(model(batch), batch.tgt_out, label_smoothing)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes(variant):
+    model = tiny_model(**variant)
+    batch = make_batch(SRC, TGT)
+    logits = model(batch)
+    assert logits.shape == (3, 6, model.cfg.tgt_vocab_size)  # T = longest target + 1
+    state = model.encode(batch.src, batch.src_lens)
+    assert state.memory.shape == (3, 6, 2 * model.cfg.enc_hidden)  # S = longest source + EOS
+    assert state.h.shape == state.c.shape == (model.cfg.dec_layers, 3, model.cfg.dec_hidden)
+    logp, state2, attn = model.step(torch.tensor([2, 2, 2]), state)
+    assert logp.shape == (3, model.cfg.tgt_vocab_size) and attn.shape == (3, 6)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(attn.sum(-1), torch.ones(3), atol=1e-5)
+    assert (attn[1, 3:] == 0).all()  # no attention on source padding (sentence 2 has 3 real tokens)
+    selected = state2.select(torch.tensor([2, 2, 0, 1]))
+    assert selected.h.shape[1] == selected.memory.shape[0] == selected.feed.shape[0] == 4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_padding_changes_neither_loss_nor_gradients(variant, label_smoothing):
+    model = tiny_model(**variant)
+    batch = make_batch(SRC, TGT)
+    loss, grads = loss_and_grads(model, batch, label_smoothing)
+    loss_padded, grads_padded = loss_and_grads(model, padded_more(batch, 4), label_smoothing)
+    torch.testing.assert_close(loss_padded, loss)
+    assert grads.keys() == grads_padded.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_padded[name], grads[name], msg=name)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batch_loss_is_the_sum_of_sentence_losses(variant):
+    model = tiny_model(**variant)
+    together = token_loss_sum(model(make_batch(SRC, TGT)), make_batch(SRC, TGT).tgt_out)
+    alone = sum(token_loss_sum(model(b), b.tgt_out) for b in (make_batch([s], [t]) for s, t in zip(SRC, TGT)))
+    torch.testing.assert_close(together, alone)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_batch_encodes_each_sentence_as_alone(variant):
+    model = tiny_model(**variant).eval()
+    batch = make_batch(SRC, TGT)
+    memory, (h, c) = model.encoder(batch.src, batch.src_lens)
+    for i, sentence in enumerate(SRC):
+        alone = make_batch([sentence], [TGT[i]])
+        memory_1, (h_1, c_1) = model.encoder(alone.src, alone.src_lens)
+        n = len(sentence) + 1  # with EOS
+        torch.testing.assert_close(memory[i, :n], memory_1[0])
+        torch.testing.assert_close(h[:, i], h_1[:, 0])
+        torch.testing.assert_close(c[:, i], c_1[:, 0])
+        assert (memory[i, n:] == 0).all()  # nothing computed on padding
+
+
+def test_padding_targets_add_no_loss():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    target = torch.tensor([[4, 5, PAD], [6, PAD, PAD]])
+    token_loss_sum(logits, target, 0.1).backward()
+    assert (logits.grad[0, 2] == 0).all() and (logits.grad[1, 1:] == 0).all()
+    assert logits.grad[0, :2].abs().sum() > 0
+
+
+def test_label_smoothing_matches_its_definition():
+    torch.manual_seed(0)
+    logits, target, eps = torch.randn(1, 4, 9), torch.tensor([[4, 5, 6, EOS]]), 0.2
+    logp = torch.log_softmax(logits, -1)[0]
+    expected = sum(-(1 - eps) * logp[i, t] - eps * logp[i].mean() for i, t in enumerate(target[0].tolist()))
+    torch.testing.assert_close(token_loss_sum(logits, target, eps), expected)
+
+
+def test_pad_fills_with_pad_id():
+    assert pad([[4, 5], [6]]).tolist() == [[4, 5], [6, PAD]]
