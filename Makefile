@@ -9,7 +9,7 @@ BEAM ?= 5
 # The CPU wheel these machines carry; elsewhere pip installs torch 2.13.0 from PyPI as usual.
 TORCH ?= torch==2.13.0
 
-.PHONY: install data train translate evaluate test clean
+.PHONY: install data train translate evaluate test bench-speed clean
 
 install:
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -29,6 +29,10 @@ evaluate:
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# Speed of the model trained by `make train` (RUN_DIR): training tokens/s, whole-process translate, GEMM peak.
+bench-speed:
+	$(PYTHON) scripts/bench_speed.py --run-dir $(RUN_DIR) --out results
 
 clean:
 	rm -rf data/cache .pytest_cache

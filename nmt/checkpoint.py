@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,10 +32,14 @@ VERSION = 1  # bump when the file layout changes; migrate old files in `load_mod
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`.
+
+    The folder must exist: a missing one is more often a typo than a wish."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -41,9 +47,21 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: safetensors alone cannot tell flipped bits in the data."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str, Any] | None = None) -> None:
@@ -56,6 +74,7 @@ def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str,
         "info": json.dumps(info or {}),
     }
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    metadata["sha256"] = tensor_digest(tensors)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -78,6 +97,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Se
         version = -1
     if version != VERSION:
         raise NMTError(f"{path}: model file version {metadata.get('version')!r}, this nmt reads version {VERSION}")
+    if metadata.get("sha256") != tensor_digest(tensors):
+        raise NMTError(f"{path}: corrupted model file (the weights do not match their checksum)")
     try:
         cfg = model_config_from_dict(json.loads(metadata["model_config"]), f"{path}")
         tok = Tokenizer(base64.b64decode(metadata["spm_src"]), base64.b64decode(metadata["spm_tgt"]))
@@ -105,6 +126,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise NMTError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a bad file's warnings would only add lines to the one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files; none of them may escape as a traceback
-        raise NMTError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        # torch's own message suggests weights_only=False, the very thing never to do with an untrusted file.
+        raise NMTError(
+            f"{path}: not a loadable checkpoint: truncated, corrupted, or holding objects other than tensors "
+            f"and plain values ({type(e).__name__})"
+        ) from None

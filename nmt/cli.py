@@ -1,4 +1,4 @@
-"""Command line: `nmt data | train | translate | evaluate`. Thin front ends over the library.
+"""Command line: `nmt data | train | translate | evaluate | average`. Thin front ends over the library.
 
 Each command imports what it needs when it runs, so `nmt translate` never loads the training-side libraries.
 User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C with exit status 130.
@@ -17,6 +17,19 @@ from pathlib import Path
 from nmt.errors import NMTError
 
 log = logging.getLogger("nmt")
+
+
+def _number(name: str, low: float, inclusive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{name} must be {'at least' if inclusive else 'more than'} {low:g}, got {text}")
+        return value
+
+    return parse
 
 
 def _positive(name: str):
@@ -58,29 +71,30 @@ def read_text_lines(path: str | None) -> list[str]:
 
 
 def write_text_lines(path: str | None, lines: list[str]) -> None:
-    text = "".join(line.replace("\n", " ") + "\n" for line in lines)
+    """One line per item (newlines inside an item become spaces), to a file or stdout for None or '-'."""
+    write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
+
+
+def write_text(path: str | None, text: str) -> None:
     if path in (None, "-"):
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     from nmt.checkpoint import atomic_write  # written whole, then renamed: no half-written output file
 
-    try:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    except OSError as e:
-        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _load(args):
     import torch
 
-    from nmt.checkpoint import load_model
+    from nmt.ensemble import load_models
     from nmt.model import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, tok, _ = load_model(args.model, device)
+    model, tok = load_models(args.model, device)
     return model, tok, device
 
 
@@ -130,25 +144,40 @@ def cmd_evaluate(args) -> None:
     print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
     print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
     if args.json:
-        record = {"model": str(args.model), "src": args.src, "ref": args.ref, "beam": args.beam, **scores}
-        write_text_lines(args.json, [json.dumps(record, indent=2)])
+        record = {"model": [str(m) for m in args.model], "src": args.src, "ref": args.ref, "beam": args.beam, **scores}
+        write_text(args.json, json.dumps(record, indent=2) + "\n")
+
+
+def cmd_average(args) -> None:
+    from nmt.ensemble import average_models
+
+    average_models(args.models, args.output)
+    print(f"average of {len(args.models)} models: {args.output}")
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="model file (best.safetensors of a run)")
+    p.add_argument("-m", "--model", required=True, nargs="+", metavar="MODEL",
+                   help="model file (best.safetensors of a run); several make an ensemble")
     p.add_argument("--beam", type=_positive("--beam"), default=5, help="beam size; 1 is greedy (default 5)")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=64, help="sentences per batch (default 64)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="GNMT length penalty alpha (default 1.0)")
-    p.add_argument("--max-len-ratio", type=float, default=1.5, help="output pieces at most ratio * source + offset")
+    p.add_argument("--length-penalty", type=_number("--length-penalty", 0, True), default=1.0, help="GNMT length penalty alpha (default 1.0)")
+    p.add_argument("--max-len-ratio", type=_number("--max-len-ratio", 0, False), default=1.5, help="output pieces at most ratio * source + offset")
     p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), default=10)
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what and where), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nmt", description="LSTM neural machine translation")
+    parser = Parser(prog="nmt", description="LSTM neural machine translation")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("data", help="fetch Multi30k into data/multi30k (from NMT_DATA_MIRROR when set)")
     p.add_argument("--dest", default="data/multi30k")
@@ -173,7 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
     p.add_argument("-o", "--output", default=None, help="also write the translations to this file")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("average", help="average the weights of models of one run (e.g. its last N snapshots)")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, help="the averaged model file")
+    p.set_defaults(run=cmd_average)
     return parser
+
+
+def configure_logging(quiet: bool, timestamps: bool) -> None:
+    """Log `nmt` messages to the current stderr: INFO and up, or warnings only with --quiet. The `nmt` logger
+    itself stays at INFO, so a training run's train.log is complete either way."""
+    for handler in [h for h in log.handlers if getattr(h, "nmt_cli", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.nmt_cli = True
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    fmt = "%(asctime)s %(levelname)s %(message)s" if timestamps else "nmt: %(levelname)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s" if args.command == "train" else "nmt: %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.quiet, args.command == "train")
     try:
         args.run(args)
     except NMTError as e:

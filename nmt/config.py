@@ -84,6 +84,7 @@ class TrainConfig:
     valid_every: int = 500  # steps
     valid_beam: int = 1  # 1: greedy
     patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early
+    keep_last: int = 0  # keep the model of each of the last N validations (step-N.safetensors), for averaging
     log_every: int = 100
     threads: int = 0  # torch threads; 0: torch's default
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
@@ -194,6 +195,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("train.valid_every", cfg.train.valid_every >= 1, "must be positive"),
         ("train.valid_beam", cfg.train.valid_beam >= 1, "must be positive"),
         ("train.patience", cfg.train.patience >= 0, "must not be negative"),
+        ("train.keep_last", cfg.train.keep_last >= 0, "must not be negative"),
         ("train.log_every", cfg.train.log_every >= 1, "must be positive"),
         ("train.threads", cfg.train.threads >= 0, "must not be negative"),
         ("decode.beam", cfg.decode.beam >= 1, "must be positive"),

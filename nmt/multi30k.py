@@ -67,7 +67,7 @@ def fetch(dest: str | Path, mirror: str | Path | None = None) -> list[Path]:
     dest = Path(dest)
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     if mirror is not None and not Path(mirror).is_dir():
-        raise NMTError(f"{MIRROR_ENV}={mirror}: not a folder")
+        raise NMTError(f"mirror {mirror}: not a folder")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:

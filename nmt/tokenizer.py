@@ -18,7 +18,7 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 def train_spm(
-    sentences: Iterable[str], vocab_size: int, model_type: str, max_sentences: int, seed: int = 1
+    sentences: Iterable[str], vocab_size: int, model_type: str, max_sentences: int, seed: int = 1, where: str = "corpus"
 ) -> bytes:
     """Train a SentencePiece model on `sentences` and return it serialized.
 
@@ -26,10 +26,13 @@ def train_spm(
     instead of failing.
     """
     model = io.BytesIO()
+    found = False
 
     def non_empty() -> Iterator[str]:
+        nonlocal found
         for s in sentences:
             if s.strip():
+                found = True
                 yield s
 
     spm.set_random_generator_seed(seed)
@@ -51,7 +54,9 @@ def train_spm(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise NMTError(f"SentencePiece training failed: {e}") from None
+        if not found:
+            raise NMTError(f"{where}: no non-empty line to train SentencePiece on") from None
+        raise NMTError(f"{where}: SentencePiece training failed ({e})") from None
     return model.getvalue()
 
 

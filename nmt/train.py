@@ -12,14 +12,17 @@ are small functions. Everything a run writes lives in its run directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -84,12 +87,13 @@ def tokenizer_for_run(cfg: Config, run_dir: Path, train_text) -> Tokenizer:
     log.info("training SentencePiece (%s, %d pieces, %s)", d.spm_type, d.vocab_size, "joint" if d.joint_vocab else "per language")
     if d.joint_vocab:
         proto = train_spm(
-            (s for name in ("src", "tgt") for s in column(name)), d.vocab_size, d.spm_type, d.spm_sentences, cfg.train.seed
+            (s for name in ("src", "tgt") for s in column(name)), d.vocab_size, d.spm_type, d.spm_sentences,
+            cfg.train.seed, where=d.train,
         )
         joint.write_bytes(proto)
         return Tokenizer(proto, proto)
-    src = train_spm(column("src"), d.vocab_size, d.spm_type, d.spm_sentences, cfg.train.seed)
-    tgt = train_spm(column("tgt"), d.vocab_size, d.spm_type, d.spm_sentences, cfg.train.seed)
+    src = train_spm(column("src"), d.vocab_size, d.spm_type, d.spm_sentences, cfg.train.seed, f"{d.train} ({d.src_lang})")
+    tgt = train_spm(column("tgt"), d.vocab_size, d.spm_type, d.spm_sentences, cfg.train.seed, f"{d.train} ({d.tgt_lang})")
     src_file.write_bytes(src)
     tgt_file.write_bytes(tgt)
     return Tokenizer(src, tgt)
@@ -124,7 +128,7 @@ def validate(model: Seq2Seq, tok: Tokenizer, cfg: Config, valid_ds, valid_text, 
     return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2), "valid_bleu": round(bleu(hyps, valid_text["tgt"]), 2)}
 
 
-def test_best(cfg: Config, run_dir: Path, device: torch.device, metrics) -> None:
+def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics) -> None:
     """Score the best model on each test split with the decode section's beam."""
     model, tok, _ = load_model(run_dir / BEST, device)
     for split in cfg.data.test:
@@ -142,35 +146,75 @@ def test_best(cfg: Config, run_dir: Path, device: torch.device, metrics) -> None
 # The run
 
 
+def train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch, lr: float, t: TrainConfig) -> torch.Tensor:
+    """One update on `batch`; returns the summed (label-smoothed) loss, detached, on the model's device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = token_loss_sum(model(batch), batch.tgt_out, t.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / batch.n_tokens).backward()  # mean over target tokens: every token weighs the same
+    if t.clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
+    optimizer.step()
+    return loss_sum.detach()
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """While inside, Ctrl-C (SIGINT) only sets a flag, so training stops between steps, never inside one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hit = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object a line, appended and flushed as it happens."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+    def __init__(self, file):
+        self.file = file
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
 
-def _log_to_file(run_dir: Path) -> None:
+@contextlib.contextmanager
+def run_files(run_dir: Path) -> Iterator[MetricsLog]:
+    """The run's log file (a handler on the `nmt` logger) and metrics log, for the duration of a run."""
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("nmt").addHandler(handler)
+    logger = logging.getLogger("nmt")
+    logger.addHandler(handler)
+    try:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            yield MetricsLog(f)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train as `cfg` says; return the path of the best model file."""
     start = time.monotonic()
-    t = cfg.train
-    run_dir = Path(t.run_dir)
+    run_dir = Path(cfg.train.run_dir)
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise NMTError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NMTError(f"train.run_dir: cannot create {run_dir} ({e.strerror})") from None
-    _log_to_file(run_dir)
+    with run_files(run_dir) as metrics:
+        return _train(cfg, resume, run_dir, metrics, start)
+
+
+def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start: float) -> Path:
+    t = cfg.train
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -201,7 +245,6 @@ def train(cfg: Config, resume: bool = False) -> Path:
         torch.set_rng_state(state["rng"])
         random.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
         log.info("resumed from step %d (epoch %d, batch %d)", progress.step, progress.epoch, progress.position)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
     log.info(
         "model: %d parameters; %d training pairs, %d validation pairs; device %s",
         model.num_parameters(), len(train_ds), len(valid_ds), device,
@@ -231,6 +274,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 progress.lr_scale *= t.plateau_factor
                 progress.plateau_validations = 0
                 log.info("validation BLEU has not improved for %d validations: learning rate x%g", t.plateau_patience, t.plateau_factor)
+        if t.keep_last:
+            save_model(run_dir / f"step-{progress.step}.safetensors", model, tok, {"step": progress.step, **scores})
+            snapshots = sorted(run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+            for old in snapshots[: -t.keep_last]:
+                old.unlink()
         record = {"type": "valid", "step": progress.step, "epoch": progress.epoch, "minutes": round(elapsed() / 60, 2), **scores, "best": improved}
         metrics.write(record)
         log.info("validation at step %d: loss %.4f ppl %.2f BLEU %.2f%s", progress.step, scores["valid_loss"],
@@ -249,36 +297,34 @@ def train(cfg: Config, resume: bool = False) -> Path:
     stop, validated_at = bool(out_of_budget()), -1
     window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
     bar = tqdm(desc="training", unit="step", initial=progress.step, disable=None, dynamic_ncols=True)
-    try:
+    with interrupt_flag() as interrupted:
         while not stop:
             generator = torch.Generator().manual_seed(t.seed * 100_003 + progress.epoch)
             batches = data.token_batches(src_lens, tgt_lens, t.batch_tokens, generator)
             while progress.position < len(batches) and not stop:
                 batch = data.collate(train_ds, batches[progress.position]).to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(progress.step + 1, t, progress.lr_scale)
-                loss_sum = token_loss_sum(model(batch), batch.tgt_out, t.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                (loss_sum / batch.n_tokens).backward()
-                if t.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
-                optimizer.step()
+                lr = learning_rate(progress.step + 1, t, progress.lr_scale)
+                window_loss += train_step(model, optimizer, batch, lr, t)  # a tensor: no host sync per step
+                window_tokens += batch.n_tokens
                 progress.step += 1
                 progress.position += 1
-                window_loss += loss_sum.detach()  # stays on the device: no host sync per step
-                window_tokens += batch.n_tokens
                 bar.update(1)
+                if interrupted():
+                    bar.close()
+                    checkpoint()
+                    log.warning("interrupted at step %d: checkpoint saved to %s (continue with --resume)",
+                                progress.step, run_dir / CHECKPOINT)
+                    raise KeyboardInterrupt
                 if progress.step % t.log_every == 0:
                     seconds = time.monotonic() - window_start
                     loss = float(window_loss) / window_tokens
                     record = {
                         "type": "train", "step": progress.step, "epoch": progress.epoch, "loss": round(loss, 4),
-                        "tokens_per_s": round(window_tokens / seconds, 1), "lr": optimizer.param_groups[0]["lr"],
-                        "minutes": round(elapsed() / 60, 2),
+                        "tokens_per_s": round(window_tokens / seconds, 1), "lr": lr, "minutes": round(elapsed() / 60, 2),
                     }
                     metrics.write(record)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                    log.info("step %d epoch %d loss %.4f tokens/s %.0f lr %.2e", progress.step, progress.epoch, loss, record["tokens_per_s"], record["lr"])
+                    log.info("step %d epoch %d loss %.4f tokens/s %.0f lr %.2e", progress.step, progress.epoch, loss, record["tokens_per_s"], lr)
                     window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
                 stop = bool(out_of_budget())
                 if progress.step % t.valid_every == 0 or stop:
@@ -291,15 +337,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 stop = stop or bool(out_of_budget())
         if validated_at != progress.step or not (run_dir / BEST).is_file():
             run_validation()
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint()
-        log.warning("interrupted at step %d: checkpoint saved to %s (continue with --resume)", progress.step, run_dir / CHECKPOINT)
-        raise
     bar.close()
     log.info("training done: %d steps, %d epochs, %.1f minutes, best validation BLEU %.2f",
              progress.step, progress.epoch, elapsed() / 60, progress.best_bleu)
     metrics.write({"type": "done", "step": progress.step, "epoch": progress.epoch, "minutes": round(elapsed() / 60, 2),
                    "best_valid_bleu": progress.best_bleu, "parameters": model.num_parameters()})
-    test_best(cfg, run_dir, device, metrics)
+    score_test_sets(cfg, run_dir, device, metrics)
     return run_dir / BEST

@@ -49,7 +49,7 @@ def translate_lines(
     model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeOptions, max_src_len: int,
     device: torch.device | str = "cpu",
 ) -> list[str]:
-    src_ids = tok.encode_src(lines)
+    src_ids = [ids if line.strip() else [] for line, ids in zip(lines, tok.encode_src(lines))]  # blank → blank
     for number, ids in enumerate(src_ids, 1):
         if len(ids) > max_src_len - 1:  # room for the EOS
             log.warning("line %d: %d pieces, truncated to the model's %d", number, len(ids), max_src_len - 1)

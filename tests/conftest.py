@@ -65,3 +65,18 @@ def toy_data(tmp_path: Path) -> dict[str, str]:
         "valid": toy_corpus(folder, "valid", 40, seed=2),
         "test": toy_corpus(folder, "test", 30, seed=3),
     }
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny untrained model (it translates nonsense, which is all error and property tests need) with a real
+    SentencePiece model, as a model file."""
+    from nmt.checkpoint import save_model
+    from nmt.tokenizer import Tokenizer, train_spm
+
+    proto = train_spm([" ".join(pair) for pair in WORDS.items()] * 30, 40, "unigram", 1000)
+    tok = Tokenizer(proto, proto)
+    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, max_src_len=30).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, model, tok)
+    return path

@@ -22,6 +22,11 @@ def test_reference_config_documents_every_key():
         assert not missing, f"configs/en-de.yaml does not document {section}: {sorted(missing)}"
 
 
+def test_reference_config_is_the_defaults():
+    """So a short config (configs/de-en.yaml) means: the reference config, with these keys changed."""
+    assert load_config(ROOT / "configs/en-de.yaml") == Config()
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     load_config(path)

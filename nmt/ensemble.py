@@ -1,0 +1,76 @@
+"""Combining models: an ensemble at decoding time, and averaging the weights of checkpoints of one run.
+
+An ensemble decodes with the average of its members' next-token probabilities (not log-probabilities), and has
+the same `encode`/`step` interface as a single model, so search needs nothing special for it. Averaging makes
+one ordinary model file from several of the same architecture and vocabulary (typically the last N snapshots
+of a run): it costs nothing at translation time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nmt.checkpoint import load_model, save_model
+from nmt.errors import NMTError
+from nmt.model import Seq2Seq
+from nmt.tokenizer import Tokenizer
+
+
+@dataclass
+class EnsembleState:
+    states: list  # one DecoderState per member
+
+    def select(self, index: torch.Tensor) -> "EnsembleState":
+        return EnsembleState([s.select(index) for s in self.states])
+
+
+class Ensemble:
+    def __init__(self, models: list[Seq2Seq]):
+        self.models = models
+        # What callers read of a model's config: the input limit every member can take.
+        self.cfg = dataclasses.replace(models[0].cfg, max_src_len=min(m.cfg.max_src_len for m in models))
+
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> EnsembleState:
+        return EnsembleState([m.encode(src, src_lens) for m in self.models])
+
+    def step(self, prev: torch.Tensor, state: EnsembleState) -> tuple[torch.Tensor, EnsembleState, torch.Tensor]:
+        """log of the members' mean probability (N, V), their states, their mean attention (N, S)."""
+        outs = [m.step(prev, s) for m, s in zip(self.models, state.states)]
+        logp = torch.logsumexp(torch.stack([o[0] for o in outs]), dim=0) - math.log(len(outs))
+        attention = torch.stack([o[2] for o in outs]).mean(dim=0)
+        return logp, EnsembleState([o[1] for o in outs]), attention
+
+
+def _check_compatible(paths: list[Path], toks: list[Tokenizer]) -> None:
+    for path, tok in zip(paths[1:], toks[1:]):
+        if tok.src_proto != toks[0].src_proto or tok.tgt_proto != toks[0].tgt_proto:
+            raise NMTError(f"{path}: its SentencePiece model differs from {paths[0]}'s: models must share vocabularies")
+
+
+def load_models(paths: list[str | Path], device: torch.device | str = "cpu") -> tuple[Seq2Seq | Ensemble, Tokenizer]:
+    """One model, or an ensemble of several that share their vocabularies."""
+    paths = [Path(p) for p in paths]
+    loaded = [load_model(p, device) for p in paths]
+    models, toks = [m for m, _, _ in loaded], [t for _, t, _ in loaded]
+    _check_compatible(paths, toks)
+    return (models[0] if len(models) == 1 else Ensemble(models)), toks[0]
+
+
+def average_models(paths: list[str | Path], output: str | Path) -> None:
+    """Write the element-wise mean of the weights of `paths` (same config and vocabulary) to `output`."""
+    paths = [Path(p) for p in paths]
+    loaded = [load_model(p) for p in paths]
+    _check_compatible(paths, [t for _, t, _ in loaded])
+    first = loaded[0][0]
+    for path, (model, _, _) in zip(paths[1:], loaded[1:]):
+        if model.cfg != first.cfg:
+            raise NMTError(f"{path}: its model config differs from {paths[0]}'s: only one architecture can be averaged")
+    states = [m.state_dict() for m, _, _ in loaded]
+    averaged = {name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype) for name, t in states[0].items()}
+    first.load_state_dict(averaged)
+    save_model(output, first, loaded[0][1], {"averaged": [str(p) for p in paths]})
