@@ -14,6 +14,7 @@ Writes `<out>/speed.json` and `<out>/speed.md`.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -23,21 +24,19 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt import data  # noqa: E402
-from nmt.config import load_config  # noqa: E402
-from nmt.metrics import corpus_scores  # noqa: E402
-from nmt.model import Seq2Seq  # noqa: E402
-from nmt.tokenizer import Tokenizer  # noqa: E402
-from nmt.train import train_step  # noqa: E402
+from nmt.config import load_config  # noqa: E402  (no torch: translation is timed before torch is imported)
+
+# Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
+# are timed first, while this process is small; torch and the training data are loaded afterwards.
 
 
-def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def gemm_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of an n×n×n matrix multiply, best of `repeats`."""
+    import torch
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
@@ -48,7 +47,7 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def flops_per_target_token(model: Seq2Seq, src_per_tgt: float) -> float:
+def flops_per_target_token(model, src_per_tgt: float) -> float:
     """Training FLOPs per target token: 6 × the multiply-adds of the matrices a token goes through
     (forward 2, backward 4). Encoder matrices count once per source token."""
     cfg = model.cfg
@@ -64,6 +63,13 @@ def flops_per_target_token(model: Seq2Seq, src_per_tgt: float) -> float:
 
 
 def training_throughput(run_dir: Path, steps: int, warmup: int) -> dict:
+    import torch
+
+    from nmt import data
+    from nmt.model import Seq2Seq
+    from nmt.tokenizer import Tokenizer
+    from nmt.train import train_step
+
     cfg = load_config(run_dir / "config.yaml")
     joint = run_dir / "spm.model"
     tok = Tokenizer(joint.read_bytes(), joint.read_bytes()) if joint.is_file() else Tokenizer(
@@ -90,7 +96,7 @@ def training_throughput(run_dir: Path, steps: int, warmup: int) -> dict:
             "parameters": model.num_parameters()}
 
 
-def translate_process(model: Path, src: Path, ref: Path, beam: int, repeats: int, extra: list[str]) -> dict:
+def translate_process(model: Path, src: Path, beam: int, repeats: int, extra: list[str]) -> dict:
     """Whole `nmt translate` processes: median seconds, sentences/s, peak RSS (GiB), BLEU of the output."""
     out = Path("/tmp/nmt-bench-speed.hyp")
     n = sum(1 for _ in src.open(encoding="utf-8"))
@@ -106,9 +112,14 @@ def translate_process(model: Path, src: Path, ref: Path, beam: int, repeats: int
         peaks.append(usage.ru_maxrss / 2**20)  # KiB → GiB
     seconds = statistics.median(times)
     hyps = out.read_text(encoding="utf-8").splitlines()
-    refs = ref.read_text(encoding="utf-8").splitlines()
     return {"beam": beam, "seconds": round(seconds, 2), "sentences_per_s": round(n / seconds, 1),
-            "peak_gib": round(max(peaks), 3), "bleu": corpus_scores(hyps, refs)["bleu"], "options": " ".join(extra)}
+            "peak_gib": round(max(peaks), 3), "hyps": hyps, "options": " ".join(extra)}
+
+
+def read_split(prefix: str, lang: str) -> list[str]:
+    plain = Path(f"{prefix}.{lang}")
+    raw = plain.read_bytes() if plain.is_file() else gzip.decompress(Path(f"{prefix}.{lang}.gz").read_bytes())
+    return raw.decode("utf-8").splitlines()
 
 
 def main() -> None:
@@ -122,11 +133,17 @@ def main() -> None:
 
     cfg = load_config(args.run_dir / "config.yaml")
     test = Path(cfg.data.test[0])
-    src, ref = Path("/tmp/nmt-bench-src.txt"), Path("/tmp/nmt-bench-ref.txt")
-    text = data.load_text(cfg.data, str(test))
-    src.write_text("".join(s + "\n" for s in text["src"]), encoding="utf-8")
-    ref.write_text("".join(s + "\n" for s in text["tgt"]), encoding="utf-8")
+    src, refs = Path("/tmp/nmt-bench-src.txt"), read_split(str(test), cfg.data.tgt_lang)
+    src.write_text("".join(s + "\n" for s in read_split(str(test), cfg.data.src_lang)), encoding="utf-8")
+    model = args.run_dir / "best.safetensors"
+    translations = [translate_process(model, src, beam, args.repeats, []) for beam in (1, 5)]
 
+    import torch
+
+    from nmt.metrics import corpus_scores
+
+    for r in translations:
+        r["bleu"] = corpus_scores(r.pop("hyps"), refs)["bleu"]
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
@@ -134,8 +151,7 @@ def main() -> None:
     }
     result["training"] = training_throughput(args.run_dir, args.steps, args.warmup)
     result["training"]["fraction_of_fp32_peak"] = round(result["training"]["gflops"] / result["gemm_gflops"]["fp32"], 3)
-    model = args.run_dir / "best.safetensors"
-    result["translate"] = [translate_process(model, src, ref, beam, args.repeats, []) for beam in (1, 5)]
+    result["translate"] = translations
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,28 +1,30 @@
 """Bad input at every entry point (data, train, translate, evaluate): one line naming the file (and line) and
 what is wrong, a non-zero exit status, no traceback, and nothing already written damaged.
 
-The commands run through `nmt.cli.main`, the function the `nmt` console script calls."""
+Every case runs the real command, `python -m nmt ...`, in a process of its own."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import toy_corpus
-from nmt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *args: str) -> tuple[int, str]:
-    try:
-        status = main(["-q", *args])
-    except SystemExit as e:  # argparse exits for usage errors
-        status = e.code
-    err = capsys.readouterr().err
-    return status, err
+def run(*args: str, cwd: Path | None = None, quiet: bool = True) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "nmt", *(["-q"] if quiet else []), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stderr
 
 
 def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
@@ -56,46 +58,46 @@ def config_file(tmp_path: Path, corpus, **data) -> Path:
     return path
 
 
-def test_train_missing_corpus_file(tmp_path, corpus, capsys):
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus, train=str(tmp_path / "nope"))))
+def test_train_missing_corpus_file(tmp_path, corpus):
+    status, err = run("train", str(config_file(tmp_path, corpus, train=str(tmp_path / "nope"))))
     assert_one_line_error(status, err, "nope.en: corpus file not found")
 
 
-def test_train_line_counts_differ(tmp_path, corpus, capsys):
+def test_train_line_counts_differ(tmp_path, corpus):
     with open(f"{corpus['train']}.de", "a") as f:
         f.write("eins\nzwei\n")
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)))
+    status, err = run("train", str(config_file(tmp_path, corpus)))
     assert_one_line_error(status, err, "train.en has 50 lines but", "train.de has 52")
 
 
-def test_train_empty_corpus(tmp_path, corpus, capsys):
+def test_train_empty_corpus(tmp_path, corpus):
     for lang in ("en", "de"):
         Path(f"{corpus['train']}.{lang}").write_text("")
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)))
+    status, err = run("train", str(config_file(tmp_path, corpus)))
     assert_one_line_error(status, err, "train.en: corpus is empty")
 
 
-def test_train_nothing_left_after_cleaning(tmp_path, corpus, capsys):
+def test_train_nothing_left_after_cleaning(tmp_path, corpus):
     Path(f"{corpus['train']}.en").write_text("big red dog runs\n" * 50)
     Path(f"{corpus['train']}.de").write_text("großer roter Hund läuft\n" * 50)
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus, max_len=2)))  # every pair is longer
+    status, err = run("train", str(config_file(tmp_path, corpus, max_len=2)))  # every pair is longer
     assert_one_line_error(status, err, "train: no pair left after cleaning")
 
 
-def test_train_only_blank_lines(tmp_path, corpus, capsys):
+def test_train_only_blank_lines(tmp_path, corpus):
     for lang in ("en", "de"):
         Path(f"{corpus['train']}.{lang}").write_text("\n \n\t\n")
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)))
+    status, err = run("train", str(config_file(tmp_path, corpus)))
     assert_one_line_error(status, err, "train: no non-empty line to train SentencePiece on")
 
 
-def test_train_bytes_that_are_not_utf8(tmp_path, corpus, capsys):
+def test_train_bytes_that_are_not_utf8(tmp_path, corpus):
     path = Path(f"{corpus['train']}.de.gz")
     lines = Path(f"{corpus['train']}.de").read_bytes().split(b"\n")
     lines[6] = b"Stra\xdfe"  # latin-1, not UTF-8, on line 7 of a gzip file
     Path(f"{corpus['train']}.de").unlink()
     path.write_bytes(gzip.compress(b"\n".join(lines)))
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)))
+    status, err = run("train", str(config_file(tmp_path, corpus)))
     assert_one_line_error(status, err, "train.de.gz:7: not UTF-8")
 
 
@@ -109,28 +111,28 @@ def test_train_bytes_that_are_not_utf8(tmp_path, corpus, capsys):
         ("--train.device=tpu", "device 'tpu': not a device"),
     ],
 )
-def test_train_bad_config(tmp_path, corpus, capsys, override, fragment):
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)), override)
+def test_train_bad_config(tmp_path, corpus, override, fragment):
+    status, err = run("train", str(config_file(tmp_path, corpus)), override)
     assert_one_line_error(status, err, fragment)
 
 
-def test_train_resume_without_or_with_a_bad_checkpoint(tmp_path, corpus, capsys):
+def test_train_resume_without_or_with_a_bad_checkpoint(tmp_path, corpus):
     config = str(config_file(tmp_path, corpus))
-    status, err = run(capsys, "train", config, "--resume")
+    status, err = run("train", config, "--resume")
     assert_one_line_error(status, err, "checkpoint.pt: no checkpoint to resume from")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
-    status, err = run(capsys, "train", config, "--resume")
+    status, err = run("train", config, "--resume")
     assert_one_line_error(status, err, "checkpoint.pt: not a loadable checkpoint")
 
 
-def test_train_failure_keeps_what_a_run_had(tmp_path, corpus, capsys):
+def test_train_failure_keeps_what_a_run_had(tmp_path, corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "best.safetensors").write_bytes(b"an earlier best model")
     (run_dir / "metrics.jsonl").write_text('{"type": "valid"}\n')
     Path(f"{corpus['train']}.en").write_text("one line\n")
-    status, err = run(capsys, "train", str(config_file(tmp_path, corpus)))
+    status, err = run("train", str(config_file(tmp_path, corpus)))
     assert_one_line_error(status, err, "lines but")
     assert (run_dir / "best.safetensors").read_bytes() == b"an earlier best model"
     assert (run_dir / "metrics.jsonl").read_text() == '{"type": "valid"}\n'
@@ -169,10 +171,10 @@ def bad_models(tmp_path, model_file) -> dict[str, Path]:
         ("version", "model file version '99', this nmt reads version 1"),
     ],
 )
-def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, capsys, name, fragment):
+def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, name, fragment):
     (tmp_path / "in.txt").write_text("red dog\n")
     (tmp_path / "out.txt").write_text("yesterday's translations\n")
-    status, err = run(capsys, "translate", "-m", str(bad_models[name]), "-i", str(tmp_path / "in.txt"),
+    status, err = run("translate", "-m", str(bad_models[name]), "-i", str(tmp_path / "in.txt"),
                       "-o", str(tmp_path / "out.txt"))
     assert_one_line_error(status, err, f"{name}.safetensors: {fragment}")
     assert (tmp_path / "out.txt").read_text() == "yesterday's translations\n"
@@ -194,29 +196,28 @@ def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, ca
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],
 )
-def test_translate_bad_arguments(tmp_path, model_file, capsys, monkeypatch, args, fragment):
-    monkeypatch.chdir(tmp_path)
+def test_translate_bad_arguments(tmp_path, model_file, args, fragment):
     (tmp_path / "in.txt").write_text("red dog\n")
     (tmp_path / "latin1.txt").write_bytes(b"red dog\nStra\xdfe\n")
-    status, err = run(capsys, "translate", "-m", str(model_file), *args)
+    status, err = run("translate", "-m", str(model_file), *args, cwd=tmp_path)
     assert_one_line_error(status, err, fragment)
 
 
-def test_translate_truncates_long_lines_with_a_warning(tmp_path, model_file, capsys):
+def test_translate_truncates_long_lines_with_a_warning(tmp_path, model_file):
     (tmp_path / "in.txt").write_text("red dog\n" + "big red dog " * 100 + "\ncat\n")
-    status = main(["translate", "-m", str(model_file), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"), "--beam", "1"])
-    err = capsys.readouterr().err
-    assert status == 0
+    status, err = run("translate", "-m", str(model_file), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
+                      "--beam", "1", quiet=False)
+    assert status == 0, err
     assert "line 2:" in err and "truncated to the model's 29" in err
     assert len((tmp_path / "out.txt").read_text().split("\n")) == 4  # three lines and the final newline
 
 
-def test_evaluate_mismatched_and_missing_files(tmp_path, model_file, capsys):
+def test_evaluate_mismatched_and_missing_files(tmp_path, model_file):
     (tmp_path / "src.txt").write_text("a\nb\nc\n")
     (tmp_path / "ref.txt").write_text("a\nb\n")
-    status, err = run(capsys, "evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "ref.txt"))
+    status, err = run("evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "ref.txt"))
     assert_one_line_error(status, err, "src.txt has 3 lines but", "ref.txt has 2")
-    status, err = run(capsys, "evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "none.txt"))
+    status, err = run("evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "none.txt"))
     assert_one_line_error(status, err, "none.txt: file not found")
 
 
@@ -224,9 +225,9 @@ def test_evaluate_mismatched_and_missing_files(tmp_path, model_file, capsys):
 # data
 
 
-def test_data_bad_mirror(tmp_path, capsys):
-    status, err = run(capsys, "data", "--dest", str(tmp_path / "d"), "--mirror", str(tmp_path / "nowhere"))
+def test_data_bad_mirror(tmp_path):
+    status, err = run("data", "--dest", str(tmp_path / "d"), "--mirror", str(tmp_path / "nowhere"))
     assert_one_line_error(status, err, "nowhere: not a folder")
     (tmp_path / "empty").mkdir()
-    status, err = run(capsys, "data", "--dest", str(tmp_path / "d"), "--mirror", str(tmp_path / "empty"))
+    status, err = run("data", "--dest", str(tmp_path / "d"), "--mirror", str(tmp_path / "empty"))
     assert_one_line_error(status, err, "cannot read mirror file")

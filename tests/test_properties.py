@@ -3,13 +3,16 @@ document the config loader is given, a Config or the clear error."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nmt.checkpoint import load_model
 from nmt.cli import main
 from nmt.config import Config, load_config
 from nmt.errors import NMTError
+from nmt.translate import DecodeOptions, translate_lines
 
 # Lines never contain "\n" (it separates them); everything else goes: control characters, right-to-left
 # scripts, combining marks, emoji, lone carriage returns, whitespace-only lines, very long lines.
@@ -20,9 +23,15 @@ line = st.one_of(
 )
 
 
+@pytest.fixture(scope="module")
+def loaded(model_file):
+    model, tok, _ = load_model(model_file)
+    return model, tok
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(line, max_size=12), beam=st.sampled_from([1, 3]))
-def test_translate_gives_one_line_per_input_line(model_file, tmp_path, lines, beam):
+def test_translate_gives_one_line_per_input_line(model_file, loaded, tmp_path, lines, beam):
     src, out = tmp_path / "in.txt", tmp_path / "out.txt"
     src.write_bytes("".join(x + "\n" for x in lines).encode("utf-8"))
     status = main(["-q", "translate", "-m", str(model_file), "-i", str(src), "-o", str(out), "--beam", str(beam),
@@ -30,9 +39,14 @@ def test_translate_gives_one_line_per_input_line(model_file, tmp_path, lines, be
     assert status == 0
     translated = out.read_bytes().decode("utf-8").split("\n")
     assert translated[-1] == "" and len(translated) - 1 == len(lines)
+    model, tok = loaded
+    opts = DecodeOptions(beam, 1.0, 0.5, 3, 4)
     for source, target in zip(lines, translated):
         if not source.strip():
             assert target == ""  # empty in, empty out, in the same place
+        # In order: each output line is its own input line's translation, as if translated alone.
+        expected = translate_lines(model, tok, [source.removesuffix("\r")], opts, model.cfg.max_src_len)[0]
+        assert target == expected.replace("\n", " ")
 
 
 config_value = st.one_of(
