@@ -70,11 +70,16 @@ def test_train_line_counts_differ(tmp_path, corpus):
     assert_one_line_error(status, err, "train.en has 50 lines but", "train.de has 52")
 
 
-def test_train_empty_corpus(tmp_path, corpus):
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("", "train.en: corpus is empty"), ("\n \n\t\n", "train: no non-empty line to train SentencePiece on")],
+    ids=["empty", "blank-lines"],
+)
+def test_train_empty_corpus(tmp_path, corpus, content, fragment):
     for lang in ("en", "de"):
-        Path(f"{corpus['train']}.{lang}").write_text("")
+        Path(f"{corpus['train']}.{lang}").write_text(content)
     status, err = run("train", str(config_file(tmp_path, corpus)))
-    assert_one_line_error(status, err, "train.en: corpus is empty")
+    assert_one_line_error(status, err, fragment)
 
 
 def test_train_nothing_left_after_cleaning(tmp_path, corpus):
@@ -82,13 +87,6 @@ def test_train_nothing_left_after_cleaning(tmp_path, corpus):
     Path(f"{corpus['train']}.de").write_text("großer roter Hund läuft\n" * 50)
     status, err = run("train", str(config_file(tmp_path, corpus, max_len=2)))  # every pair is longer
     assert_one_line_error(status, err, "train: no pair left after cleaning")
-
-
-def test_train_only_blank_lines(tmp_path, corpus):
-    for lang in ("en", "de"):
-        Path(f"{corpus['train']}.{lang}").write_text("\n \n\t\n")
-    status, err = run("train", str(config_file(tmp_path, corpus)))
-    assert_one_line_error(status, err, "train: no non-empty line to train SentencePiece on")
 
 
 def test_train_bytes_that_are_not_utf8(tmp_path, corpus):
