@@ -10,6 +10,7 @@ import argparse
 import gzip
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ def _number(name: str, low: float, inclusive: bool):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}")
         if value < low or (value == low and not inclusive):
             raise argparse.ArgumentTypeError(f"{name} must be {'at least' if inclusive else 'more than'} {low:g}, got {text}")
         return value

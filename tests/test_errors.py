@@ -186,6 +186,7 @@ def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, na
         (["--beam", "many"], "--beam must be an integer, got 'many'"),
         (["--length-penalty", "-1"], "--length-penalty must be at least 0, got -1"),
         (["--max-len-ratio", "0"], "--max-len-ratio must be more than 0, got 0"),
+        (["--max-len-ratio", "inf"], "--max-len-ratio must be a number, got 'inf'"),
         (["-i", "missing.txt"], "missing.txt: file not found"),
         (["-i", "."], ".: is a folder, not a file"),
         (["-i", "latin1.txt"], "latin1.txt:2: not UTF-8"),
