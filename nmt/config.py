@@ -80,7 +80,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     max_steps: int = 0  # 0: no limit
     max_epochs: int = 0  # 0: no limit
-    time_budget_min: float = 60.0  # wall-clock minutes of training; 0: no limit
+    time_budget_min: float = 60.0  # wall-clock minutes, data preparation and the last validation included; 0: no limit
     valid_every: int = 500  # steps
     valid_beam: int = 1  # 1: greedy
     patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early

@@ -260,9 +260,13 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
             "rng": torch.get_rng_state(), "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
         })
 
+    last_validation = [0.0]  # seconds the latest validation took: the final one must fit in the budget too
+
     def run_validation() -> bool:
         """Validate, keep the best model, adjust the learning rate; True when patience has run out."""
+        began = time.monotonic()
         scores = validate(model, tok, cfg, valid_ds, valid_text, device)
+        last_validation[0] = time.monotonic() - began
         improved = scores["valid_bleu"] > progress.best_bleu
         if improved:
             progress.best_bleu, progress.bad_validations, progress.plateau_validations = scores["valid_bleu"], 0, 0
@@ -289,7 +293,7 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
     def out_of_budget() -> bool:
         return (
             (t.max_steps and progress.step >= t.max_steps)
-            or (t.time_budget_min and elapsed() >= t.time_budget_min * 60)
+            or (t.time_budget_min and elapsed() + last_validation[0] >= t.time_budget_min * 60)
             or (t.max_epochs and progress.epoch >= t.max_epochs)
         )
 
