@@ -102,9 +102,10 @@ def _load(args):
 
 
 def _decode_options(args):
-    from nmt.translate import DecodeOptions
+    from nmt.config import DecodeConfig
 
-    return DecodeOptions(args.beam, args.length_penalty, args.max_len_ratio, args.max_len_offset, args.batch_size)
+    return DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_ratio=args.max_len_ratio,
+                        max_len_offset=args.max_len_offset, batch_size=args.batch_size)
 
 
 def cmd_data(args) -> None:

@@ -13,6 +13,7 @@ are small functions. Everything a run writes lives in its run directory:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,13 +30,13 @@ from tqdm import tqdm
 
 from nmt import data
 from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from nmt.config import Config, TrainConfig, save_config
+from nmt.config import Config, DecodeConfig, TrainConfig, save_config
 from nmt.errors import NMTError
 from nmt.loss import token_loss_sum
 from nmt.metrics import bleu, corpus_scores
 from nmt.model import Seq2Seq, resolve_device
 from nmt.tokenizer import Tokenizer, train_spm
-from nmt.translate import DecodeOptions, translate_lines
+from nmt.translate import translate_lines
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,8 @@ def tokenizer_for_run(cfg: Config, run_dir: Path, train_text) -> Tokenizer:
 # Validation and testing
 
 
-def decode_options(cfg: Config, beam: int | None = None) -> DecodeOptions:
-    d = cfg.decode
-    return DecodeOptions(beam or d.beam, d.length_penalty, d.max_len_ratio, d.max_len_offset, d.batch_size)
+def decode_options(cfg: Config, beam: int | None = None) -> DecodeConfig:
+    return dataclasses.replace(cfg.decode, beam=beam or cfg.decode.beam)
 
 
 @torch.no_grad()

@@ -8,28 +8,19 @@ warning, never dropped.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from nmt.batch import source_tensors
+from nmt.config import DecodeConfig
 from nmt.search import Searchable, decode
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DecodeOptions:
-    beam: int = 5
-    length_penalty: float = 1.0
-    max_len_ratio: float = 1.5
-    max_len_offset: int = 10
-    batch_size: int = 64
-
-
 def translate_ids(
-    model: Searchable, src_ids: list[list[int]], opts: DecodeOptions, device: torch.device | str = "cpu"
+    model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, device: torch.device | str = "cpu"
 ) -> list[list[int]]:
     """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs."""
     out: list[list[int]] = [[] for _ in src_ids]
@@ -46,7 +37,7 @@ def translate_ids(
 
 
 def translate_lines(
-    model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeOptions, max_src_len: int,
+    model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeConfig, max_src_len: int,
     device: torch.device | str = "cpu",
 ) -> list[str]:
     src_ids = [ids if line.strip() else [] for line, ids in zip(lines, tok.encode_src(lines))]  # blank → blank

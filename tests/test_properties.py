@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from nmt.checkpoint import load_model
 from nmt.cli import main
-from nmt.config import Config, load_config
+from nmt.config import Config, DecodeConfig, load_config
 from nmt.errors import NMTError
-from nmt.translate import DecodeOptions, translate_lines
+from nmt.translate import translate_lines
 
 # Lines never contain "\n" (it separates them); everything else goes: control characters, right-to-left
 # scripts, combining marks, emoji, lone carriage returns, whitespace-only lines, very long lines.
@@ -40,7 +40,7 @@ def test_translate_gives_one_line_per_input_line(model_file, loaded, tmp_path, l
     translated = out.read_bytes().decode("utf-8").split("\n")
     assert translated[-1] == "" and len(translated) - 1 == len(lines)
     model, tok = loaded
-    opts = DecodeOptions(beam, 1.0, 0.5, 3, 4)
+    opts = DecodeConfig(beam=beam, length_penalty=1.0, max_len_ratio=0.5, max_len_offset=3, batch_size=4)
     for source, target in zip(lines, translated):
         if not source.strip():
             assert target == ""  # empty in, empty out, in the same place
