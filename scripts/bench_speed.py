@@ -14,7 +14,6 @@ Writes `<out>/speed.json` and `<out>/speed.md`.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -27,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.config import load_config  # noqa: E402  (no torch: translation is timed before torch is imported)
+from nmt.cli import read_text_lines  # noqa: E402  (neither imports torch: translation is timed before torch is
+from nmt.config import load_config  # noqa: E402  imported)
 
 # Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
 # are timed first, while this process is small; torch and the training data are loaded afterwards.
@@ -67,14 +67,12 @@ def training_throughput(run_dir: Path, steps: int, warmup: int) -> dict:
 
     from nmt import data
     from nmt.model import Seq2Seq
-    from nmt.tokenizer import Tokenizer
-    from nmt.train import train_step
+    from nmt.train import tokenizer_for_run, train_step
 
     cfg = load_config(run_dir / "config.yaml")
-    joint = run_dir / "spm.model"
-    tok = Tokenizer(joint.read_bytes(), joint.read_bytes()) if joint.is_file() else Tokenizer(
-        (run_dir / "spm.src.model").read_bytes(), (run_dir / "spm.tgt.model").read_bytes())
-    ds = data.encode(cfg.data, data.load_text(cfg.data, cfg.data.train), tok, clean=True, name="train")
+    text = data.load_text(cfg.data, cfg.data.train)
+    tok = tokenizer_for_run(cfg, run_dir, text)  # the run's own SentencePiece model(s)
+    ds = data.encode(cfg.data, text, tok, clean=True, name="train")
     src_lens, tgt_lens = data.columns(ds)
     batches = data.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -118,8 +116,7 @@ def translate_process(model: Path, src: Path, beam: int, repeats: int, extra: li
 
 def read_split(prefix: str, lang: str) -> list[str]:
     plain = Path(f"{prefix}.{lang}")
-    raw = plain.read_bytes() if plain.is_file() else gzip.decompress(Path(f"{prefix}.{lang}.gz").read_bytes())
-    return raw.decode("utf-8").splitlines()
+    return read_text_lines(str(plain if plain.is_file() else f"{plain}.gz"))
 
 
 def main() -> None:
