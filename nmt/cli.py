@@ -98,6 +98,8 @@ def _load(args):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, tok = load_models(args.model, device)
+    for member in getattr(model, "models", [model]):  # an ensemble's members, or the model
+        member.set_precision(args.precision)
     return model, tok, device
 
 
@@ -121,7 +123,8 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     best = train(cfg, resume=args.resume)
-    print(f"best model: {best}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
+        print(f"best model: {best}")
 
 
 def cmd_translate(args) -> None:
@@ -169,6 +172,11 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), default=10)
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="of the decoder's matrix multiplies: bf16 pays where the CPU has AMX or AVX512-BF16; "
+                        "int8 is dynamic quantization, CPU only (default fp32)")
+    p.add_argument("--quantize", dest="precision", choices=["int8"],
+                   help="--quantize int8 is --precision int8 (dynamic int8 quantization)")
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nmt.attention import Attention
+from nmt.fastpath import StepWeights, lstm_cell, step_weights
 from nmt.tokenizer import PAD
 
 
@@ -29,11 +30,16 @@ class DecoderState:
     keys: torch.Tensor  # (N, S, H) attention keys, projected once per sentence
     mask: torch.Tensor  # (N, S) True on real source tokens
 
-    def select(self, index: torch.Tensor) -> "DecoderState":
-        """Rows `index` (K,) of every tensor: for beam expansion, reordering and dropping finished sentences."""
+    def select(self, index: torch.Tensor, same_sources: bool = False) -> "DecoderState":
+        """Rows `index` (K,) of every tensor: for beam expansion, reordering and dropping finished sentences.
+
+        With `same_sources` (a reordering of beam hypotheses, each row taking a row of its own sentence), the
+        per-sentence tensors are unchanged by it, and only the recurrent state is gathered."""
+        h, c, feed = self.h.index_select(1, index), self.c.index_select(1, index), self.feed.index_select(0, index)
+        if same_sources:
+            return DecoderState(h, c, feed, self.memory, self.keys, self.mask)
         return DecoderState(
-            self.h.index_select(1, index), self.c.index_select(1, index), self.feed.index_select(0, index),
-            self.memory.index_select(0, index), self.keys.index_select(0, index), self.mask.index_select(0, index),
+            h, c, feed, self.memory.index_select(0, index), self.keys.index_select(0, index), self.mask.index_select(0, index)
         )
 
 
@@ -63,6 +69,8 @@ class Decoder(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         else:
             self.output = nn.Linear(hidden, vocab_size)
+        self.precision = "fp32"  # of decoding's matrix multiplies (nmt.fastpath)
+        self._step_cache: tuple | None = None  # (weights' versions, precision, StepWeights)
 
     def init_state(
         self, memory: torch.Tensor, final: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
@@ -108,3 +116,30 @@ class Decoder(nn.Module):
             all_weights.append(weights)
         new_state = DecoderState(h, c, feed, state.memory, state.keys, state.mask)
         return torch.cat(all_vectors, 1), new_state, torch.cat(all_weights, 1)
+
+    def _step_weights(self) -> StepWeights:
+        """The step layout of the current weights, rebuilt when a weight changed (training) or moved."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.precision,)
+        if self._step_cache is None or self._step_cache[0] != key:
+            self._step_cache = (key, step_weights(self, self.precision))
+        return self._step_cache[1]
+
+    def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """Decoding (eval mode): prev (N,) last tokens → logits (N, V), the next state, attention (N, S).
+
+        Same function as `run` on one token, computed with `nmt.fastpath`'s layout."""
+        w = self._step_weights()
+        below = state.feed if self.input_feeding else None  # (N, H) the input beside the embedding
+        hs, cs = [], []
+        for layer, (linear, bias) in enumerate(zip(w.layers, w.layer_bias)):
+            own = state.h[layer]  # (N, H)
+            gates = linear(own if below is None else torch.cat([below, own], dim=1))  # (N, 4H)
+            gates = gates + (w.table[prev] if layer == 0 else bias)
+            h, c = lstm_cell(gates, state.c[layer])
+            hs.append(h)
+            cs.append(c)
+            below = h
+        context, weights = self.attention(below.unsqueeze(1), state.keys, state.memory, state.mask)  # (N, 1, M)
+        vector = torch.tanh(w.combine(torch.cat([below, context[:, 0]], dim=-1)))  # (N, H)
+        new_state = DecoderState(torch.stack(hs), torch.stack(cs), vector, state.memory, state.keys, state.mask)
+        return w.output(vector), new_state, weights[:, 0]

@@ -8,6 +8,7 @@ from torch import nn
 from nmt.batch import Batch
 from nmt.config import ModelConfig
 from nmt.errors import NMTError
+from nmt.fastpath import PRECISIONS
 from nmt.decoder import Decoder, DecoderState
 from nmt.encoder import Encoder
 from nmt.tokenizer import PAD
@@ -54,9 +55,21 @@ class Seq2Seq(nn.Module):
 
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """prev (N,) last tokens → log-probabilities (N, V) of the next, the new state, attention (N, S)."""
-        vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
-        logp = torch.log_softmax(self.decoder.logits(vectors[:, 0]).float(), dim=-1)
-        return logp, state, weights[:, 0]
+        if self.training:  # with dropout, through the training path
+            vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
+            logits, weights = self.decoder.logits(vectors[:, 0]), weights[:, 0]
+        else:
+            logits, state, weights = self.decoder.step(prev, state)
+        return torch.log_softmax(logits.float(), dim=-1), state, weights
+
+    def set_precision(self, precision: str) -> "Seq2Seq":
+        """The precision of decoding's matrix multiplies: fp32, bf16 or int8 (dynamic, CPU only); see nmt.fastpath."""
+        if precision not in PRECISIONS:
+            raise NMTError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and self.decoder.embed.weight.device.type != "cpu":
+            raise NMTError("precision int8: torch's dynamic int8 kernels run on the CPU only; use bf16 on a GPU")
+        self.decoder.precision = precision
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

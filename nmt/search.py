@@ -2,7 +2,7 @@
 
 A decoder here is an object with `encode(src, src_lens) -> state` and
 `step(prev (N,), state) -> (log-probabilities (N, V), state, attention (N, S))`, whose state has
-`select(index)`. `Seq2Seq` is one; an ensemble is another.
+`select(index, same_sources)` (rows `index`; `same_sources` promises each row comes from its own sentence). `Seq2Seq` is one; an ensemble is another.
 
 Beam search keeps the whole batch in one tensor program: `batch * beam` rows decode together, every step picks
 the 2K best extensions of each sentence, moves those that end in EOS among the top K into a per-sentence
@@ -44,14 +44,17 @@ def length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | f
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _constrain(logp: torch.Tensor, t: int, max_lens: torch.Tensor) -> torch.Tensor:
-    """Never emit PAD or BOS; emit EOS at step `t` for rows whose length limit is reached. logp (N, V)."""
+def _constrain(logp: torch.Tensor, t: int, max_lens: torch.Tensor, first_forced: int) -> torch.Tensor:
+    """Never emit PAD or BOS; emit EOS at step `t` for rows whose length limit is reached. logp (N, V), in place.
+    `first_forced` is at most the smallest of `max_lens`: before it no row can be forced, and the check is skipped."""
     logp[:, PAD] = NEG_INF
     logp[:, BOS] = NEG_INF
-    forced = (max_lens <= t).unsqueeze(1)  # (N, 1)
-    not_eos = torch.ones_like(logp, dtype=torch.bool)
-    not_eos[:, EOS] = False
-    return logp.masked_fill(forced & not_eos, NEG_INF)
+    if t >= first_forced:
+        forced = (max_lens <= t).unsqueeze(1)  # (N, 1)
+        eos = logp[:, EOS].clone()
+        logp.masked_fill_(forced, NEG_INF)
+        logp[:, EOS] = eos
+    return logp
 
 
 def _strip(tokens: list[int]) -> list[int]:
@@ -63,6 +66,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     """Most likely token at each step. src (B, S), src_lens (B,) → one hypothesis per sentence."""
     batch = src.size(0)
     max_lens = max_lengths(src_lens, max_len_ratio, max_len_offset).to(src.device)  # (B,)
+    first_forced = int(max_lens.min())
     state = model.encode(src, src_lens)
     prev = torch.full((batch,), BOS, dtype=torch.long, device=src.device)  # (B,)
     scores = torch.zeros(batch, device=src.device)  # (B,)
@@ -70,7 +74,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     steps = []
     for t in range(int(max_lens.max()) + 1):
         logp, state, _ = model.step(prev, state)  # (B, V)
-        best, prev = _constrain(logp, t, max_lens).max(dim=-1)  # (B,), (B,)
+        best, prev = _constrain(logp, t, max_lens, first_forced).max(dim=-1)  # (B,), (B,)
         scores += best.masked_fill(done, 0.0)
         steps.append(prev.masked_fill(done, PAD))
         done |= prev == EOS
@@ -96,6 +100,7 @@ def beam_search(
     device, batch, k = src.device, src.size(0), beam
     max_lens = max_lengths(src_lens, max_len_ratio, max_len_offset).to(device)  # (B,)
     longest = int(max_lens.max()) + 1  # most tokens of a hypothesis, EOS included
+    first_forced = int(max_lens.min())
 
     state = model.encode(src, src_lens)
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,) each sentence K times
@@ -116,7 +121,7 @@ def beam_search(
         n = active.numel()
         logp, state, _ = model.step(prev, state)  # (n*K, V)
         vocab = logp.size(-1)
-        logp = _constrain(logp, t, row_max)
+        logp = _constrain(logp, t, row_max, first_forced)
         candidates = (scores.view(-1, 1) + logp).view(n, k * vocab)  # (n, K*V)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2K), best first
         origin = top_index // vocab  # (n, 2K) which live hypothesis each extends
@@ -157,7 +162,9 @@ def beam_search(
             active, scores = active[keep_sent], scores[keep_sent]
             tokens, prev, row_max = tokens[keep_rows], prev[keep_rows], row_max[keep_rows]
             flat_origin = flat_origin.view(n, k)[keep_sent].view(-1)
-        state = state.select(flat_origin)
+            state = state.select(flat_origin)
+        else:  # the same sentences, hypotheses reordered within each: the source side stays as it is
+            state = state.select(flat_origin, same_sources=True)
 
     out_scores = fin_scores[:, :n_best].tolist()
     out_tokens = fin_tokens[:, :n_best].tolist()

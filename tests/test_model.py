@@ -7,6 +7,7 @@ import torch
 
 from conftest import VARIANTS, tiny_model
 from nmt.batch import Batch, make_batch, pad
+from nmt.errors import NMTError
 from nmt.loss import token_loss_sum
 from nmt.tokenizer import EOS, PAD
 
@@ -99,3 +100,51 @@ def test_label_smoothing_matches_its_definition():
 
 def test_pad_fills_with_pad_id():
     assert pad([[4, 5], [6]]).tolist() == [[4, 5], [6, PAD]]
+
+
+def teacher_forced_and_stepped(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities (B, T, V) of the training path and of decoding's one step at a time, same inputs."""
+    with torch.no_grad():
+        forced = torch.log_softmax(model(batch), dim=-1)
+        state = model.encode(batch.src, batch.src_lens)
+        stepped = []
+        for t in range(batch.tgt_in.size(1)):
+            logp, state, _ = model.step(batch.tgt_in[:, t], state)
+            stepped.append(logp)
+    return forced, torch.stack(stepped, dim=1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decoding_step_equals_teacher_forcing(variant):
+    model = tiny_model(**variant).eval()
+    forced, stepped = teacher_forced_and_stepped(model, make_batch(SRC, TGT))
+    torch.testing.assert_close(stepped, forced)
+
+
+def test_decoding_follows_weight_updates():
+    """The decoder's step layout is rebuilt when training changes a weight in place."""
+    model = tiny_model().eval()
+    batch = make_batch(SRC, TGT)
+    teacher_forced_and_stepped(model, batch)  # builds the layout
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    token_loss_sum(model(batch), batch.tgt_out).backward()
+    optimizer.step()
+    forced, stepped = teacher_forced_and_stepped(model.eval(), batch)
+    torch.testing.assert_close(stepped, forced)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lower_precision_decoding_stays_close(variant, precision, tolerance):
+    model = tiny_model(**variant).eval()
+    batch = make_batch(SRC, TGT)
+    _, exact = teacher_forced_and_stepped(model, batch)
+    _, approx = teacher_forced_and_stepped(model.set_precision(precision), batch)
+    assert not torch.equal(approx, exact)  # the precision did change the arithmetic
+    assert (approx - exact).abs().max() < tolerance
+
+
+def test_unknown_precision_is_a_user_error():
+    with pytest.raises(NMTError, match="precision 'fp8'"):
+        tiny_model().set_precision("fp8")

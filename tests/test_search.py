@@ -65,7 +65,7 @@ class BigramState:
     def __init__(self, n: int):
         self.n = n
 
-    def select(self, index: torch.Tensor) -> "BigramState":
+    def select(self, index: torch.Tensor, same_sources: bool = False) -> "BigramState":
         return BigramState(len(index))
 
 
