@@ -190,13 +190,16 @@ def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool,
         src, tgt = tok.encode_src(batch["src"]), tok.encode_tgt(batch["tgt"])
         return {"src_ids": src, "tgt_ids": tgt, "src_len": [len(s) for s in src], "tgt_len": [len(t) for t in tgt]}
 
-    ds = text.map(encode_batch, batched=True, batch_size=2000, remove_columns=text.column_names, new_fingerprint=key)
+    workers = cfg.num_proc if cfg.num_proc > 1 and len(text) >= 10 * 2000 else None  # worth it for large corpora
+    ds = text.map(encode_batch, batched=True, batch_size=2000, remove_columns=text.column_names, new_fingerprint=key,
+                  num_proc=workers)
     if clean:
         n_before = len(ds)
         ds = ds.filter(
             lambda s, t: 0 < s <= cfg.max_len and 0 < t <= cfg.max_len,
             input_columns=["src_len", "tgt_len"],
             new_fingerprint=key + "-clean",
+            num_proc=workers,
         )
         if len(ds) == 0:
             raise NMTError(f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})")

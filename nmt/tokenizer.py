@@ -82,6 +82,13 @@ class Tokenizer:
         self.src = load_spm(self.src_proto, "source SentencePiece model")
         self.tgt = self.src if self.tgt_proto == self.src_proto else load_spm(self.tgt_proto, "target SentencePiece model")
 
+    def __getstate__(self) -> dict:  # pickled as the model bytes, for `datasets`' worker processes
+        return {"src_proto": self.src_proto, "tgt_proto": self.tgt_proto}
+
+    def __setstate__(self, state: dict) -> None:
+        self.src_proto, self.tgt_proto = state["src_proto"], state["tgt_proto"]
+        self.__post_init__()
+
     @property
     def joint(self) -> bool:
         return self.src is self.tgt

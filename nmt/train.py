@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -29,8 +30,10 @@ import torch
 from tqdm import tqdm
 
 from nmt import data
+from nmt.batch import Batch
 from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from nmt.config import Config, DecodeConfig, TrainConfig, save_config
+from nmt.distributed import World, join, leave
 from nmt.errors import NMTError
 from nmt.loss import token_loss_sum
 from nmt.metrics import bleu, corpus_scores
@@ -50,7 +53,7 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
-    position: int = 0  # batches of the current epoch already trained on
+    position: int = 0  # steps of the current epoch already taken (each world size × accumulate batches)
     best_bleu: float = -1.0
     bad_validations: int = 0  # since the best BLEU, for early stopping
     plateau_validations: int = 0  # since the best BLEU or the last learning-rate cut
@@ -146,17 +149,46 @@ def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics) -
 # The run
 
 
-def train_step(model: Seq2Seq, optimizer: torch.optim.Optimizer, batch, lr: float, t: TrainConfig) -> torch.Tensor:
-    """One update on `batch`; returns the summed (label-smoothed) loss, detached, on the model's device."""
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware (Linux /proc/cpuinfo: AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    return precision
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch], lr: float, t: TrainConfig,
+    n_tokens: int, world_size: int = 1,
+) -> torch.Tensor:
+    """One update from this process's `batches` (gradients accumulated over them and, under DDP, averaged over
+    the processes), normalised by `n_tokens`, the target tokens of the whole step on all processes, so every token
+    weighs the same however the step is split. Returns this process's summed loss, detached, on its device."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum = token_loss_sum(model(batch), batch.tgt_out, t.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    (loss_sum / batch.n_tokens).backward()  # mean over target tokens: every token weighs the same
+    total = torch.zeros((), device=batches[0].src.device)
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        # DDP all-reduces gradients in backward: only once, after the last batch of the step.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                logits = model(batch)  # (B, T, V)
+            loss_sum = token_loss_sum(logits, batch.tgt_out, t.label_smoothing)
+            (loss_sum * world_size / n_tokens).backward()  # DDP averages over the world: × size undoes it
+        total += loss_sum.detach()
     if t.clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
     optimizer.step()
-    return loss_sum.detach()
+    return total
 
 
 @contextlib.contextmanager
@@ -209,28 +241,48 @@ def train(cfg: Config, resume: bool = False) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NMTError(f"train.run_dir: cannot create {run_dir} ({e.strerror})") from None
-    with run_files(run_dir) as metrics:
-        return _train(cfg, resume, run_dir, metrics, start)
+    device = resolve_device(cfg.train.device)
+    world = join(device)  # torchrun's process group, or a world of one
+    device = world.device(device)
+    try:
+        if not world.main:  # rank 0 alone logs and writes the run directory
+            logging.getLogger("nmt").setLevel(logging.WARNING)
+            with open(os.devnull, "w") as sink:
+                return _train(cfg, resume, run_dir, MetricsLog(sink), start, world, device)
+        with run_files(run_dir) as metrics:
+            return _train(cfg, resume, run_dir, metrics, start, world, device)
+    finally:
+        leave(world)
 
 
-def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start: float) -> Path:
+def _train(
+    cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start: float, world: World, device: torch.device
+) -> Path:
     t = cfg.train
-    device = resolve_device(t.device)
+    t.precision = resolve_precision(t.precision, device)  # config.yaml records what was used
+    log.info("device %s, precision %s, %d process(es), %d batch(es) per process per step", device, t.precision,
+             world.size, t.accumulate)
     if t.threads:
         torch.set_num_threads(t.threads)
     random.seed(t.seed)
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
 
     # Data and tokenizer. Test splits are loaded now too, so a missing file fails before training, not after.
+    # Rank 0 prepares (fetch, SentencePiece, encoding cache) while the others wait, then they read what it made.
+    if not world.main:
+        world.barrier()
     train_text = data.load_text(cfg.data, cfg.data.train)
     valid_text = data.load_text(cfg.data, cfg.data.valid)
     for split in cfg.data.test:
         data.load_text(cfg.data, split)
     tok = tokenizer_for_run(cfg, run_dir, train_text)
     cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = tok.src_vocab_size, tok.tgt_vocab_size
-    save_config(cfg, run_dir / "config.yaml")
+    if world.main:
+        save_config(cfg, run_dir / "config.yaml")
     train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train")
     valid_ds = data.encode(cfg.data, valid_text, tok, clean=False, name="valid")
+    if world.main:
+        world.barrier()
     valid_text = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
     src_lens, tgt_lens = data.columns(train_ds)
 
@@ -244,7 +296,10 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
         progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"])
         random.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
-        log.info("resumed from step %d (epoch %d, batch %d)", progress.step, progress.epoch, progress.position)
+        log.info("resumed from step %d (epoch %d, step %d of the epoch)", progress.step, progress.epoch, progress.position)
+    if world.size > 1:
+        torch.manual_seed(t.seed * 1_000 + world.rank + progress.step)  # each rank its own dropout masks
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model  # what steps call
     log.info(
         "model: %d parameters; %d training pairs, %d validation pairs; device %s",
         model.num_parameters(), len(train_ds), len(valid_ds), device,
@@ -254,6 +309,8 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
         return progress.elapsed + time.monotonic() - start
 
     def checkpoint() -> None:
+        if not world.main:
+            return
         py_state = random.getstate()
         save_checkpoint(run_dir / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": asdict(progress) | {"elapsed": elapsed()},
@@ -263,6 +320,14 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
     last_validation = [0.0]  # seconds the latest validation took: the final one must fit in the budget too
 
     def run_validation() -> bool:
+        """Validate on rank 0 (the replicas are equal); every rank takes its outcome. True when patience ran out."""
+        stop = validate_and_keep() if world.main else None
+        stop, state, last_validation[0] = world.broadcast((stop, asdict(progress), last_validation[0]))
+        for key in ("best_bleu", "bad_validations", "plateau_validations", "lr_scale"):
+            setattr(progress, key, state[key])
+        return stop
+
+    def validate_and_keep() -> bool:
         """Validate, keep the best model, adjust the learning rate; True when patience has run out."""
         began = time.monotonic()
         scores = validate(model, tok, cfg, valid_ds, valid_text, device)
@@ -297,19 +362,28 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
             or (t.max_epochs and progress.epoch >= t.max_epochs)
         )
 
+    def should_stop() -> bool:
+        return bool(world.broadcast(bool(out_of_budget())))  # rank 0's clock decides for all
+
+    group = world.size * t.accumulate  # batches per step, over all processes
     model.train()
-    stop, validated_at = bool(out_of_budget()), -1
+    stop, validated_at = should_stop(), -1
     window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
-    bar = tqdm(desc="training", unit="step", initial=progress.step, disable=None, dynamic_ncols=True)
+    bar = tqdm(desc="training", unit="step", initial=progress.step, disable=None if world.main else True, dynamic_ncols=True)
     with interrupt_flag() as interrupted:
         while not stop:
             generator = torch.Generator().manual_seed(t.seed * 100_003 + progress.epoch)
             batches = data.token_batches(src_lens, tgt_lens, t.batch_tokens, generator)
-            while progress.position < len(batches) and not stop:
-                batch = data.collate(train_ds, batches[progress.position]).to(device)
+            steps = len(batches) // group  # an epoch's last batches that fill no whole step are left out
+            while progress.position < steps and not stop:
+                # Every rank knows the whole step's batches: it takes every world-size-th, and counts all tokens.
+                step_batches = batches[progress.position * group : (progress.position + 1) * group]
+                n_tokens = sum(int(tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
+                mine = [data.collate(train_ds, b).to(device) for b in step_batches[world.rank :: world.size]]
                 lr = learning_rate(progress.step + 1, t, progress.lr_scale)
-                window_loss += train_step(model, optimizer, batch, lr, t)  # a tensor: no host sync per step
-                window_tokens += batch.n_tokens
+                # A tensor: no host sync per step.
+                window_loss += train_step(trained, optimizer, mine, lr, t, n_tokens, world.size)
+                window_tokens += n_tokens
                 progress.step += 1
                 progress.position += 1
                 bar.update(1)
@@ -321,7 +395,7 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
                     raise KeyboardInterrupt
                 if progress.step % t.log_every == 0:
                     seconds = time.monotonic() - window_start
-                    loss = float(window_loss) / window_tokens
+                    loss = world.sum(float(window_loss))[0] / window_tokens
                     record = {
                         "type": "train", "step": progress.step, "epoch": progress.epoch, "loss": round(loss, 4),
                         "tokens_per_s": round(window_tokens / seconds, 1), "lr": lr, "minutes": round(elapsed() / 60, 2),
@@ -330,21 +404,22 @@ def _train(cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     log.info("step %d epoch %d loss %.4f tokens/s %.0f lr %.2e", progress.step, progress.epoch, loss, record["tokens_per_s"], lr)
                     window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
-                stop = bool(out_of_budget())
+                stop = should_stop()
                 if progress.step % t.valid_every == 0 or stop:
                     validated_at = progress.step
                     if run_validation():
                         log.info("early stopping: no better validation BLEU in %d validations", t.patience)
                         stop = True
-            if progress.position >= len(batches):
+            if progress.position >= steps:
                 progress.epoch, progress.position = progress.epoch + 1, 0
-                stop = stop or bool(out_of_budget())
-        if validated_at != progress.step or not (run_dir / BEST).is_file():
+                stop = stop or should_stop()
+        if validated_at != progress.step or progress.best_bleu < 0:  # the last step, or no best model yet
             run_validation()
     bar.close()
     log.info("training done: %d steps, %d epochs, %.1f minutes, best validation BLEU %.2f",
              progress.step, progress.epoch, elapsed() / 60, progress.best_bleu)
     metrics.write({"type": "done", "step": progress.step, "epoch": progress.epoch, "minutes": round(elapsed() / 60, 2),
                    "best_valid_bleu": progress.best_bleu, "parameters": model.num_parameters()})
-    score_test_sets(cfg, run_dir, device, metrics)
+    if world.main:
+        score_test_sets(cfg, run_dir, device, metrics)
     return run_dir / BEST

@@ -1,0 +1,74 @@
+"""Data-parallel training under the real torchrun with 2 CPU processes (Gloo), against one process that
+accumulates the same 2 batches per step: the same global batch, so the same losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import toy_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("ddp")
+    splits = {name: toy_corpus(work / "toy", name, n, seed) for name, n, seed in [("train", 400, 1), ("valid", 30, 2), ("test", 20, 3)]}
+    config = {
+        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
+                 "cache_dir": str(work / "cache")},
+        "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 24, "dropout": 0.0, "emb_dropout": 0.0},
+        # fp32: the comparison is about how the batch is split, not about bf16 rounding.
+        "train": {"batch_tokens": 150, "lr": 0.005, "valid_every": 4, "log_every": 1, "max_steps": STEPS,
+                  "time_budget_min": 5, "precision": "fp32", "threads": 1},
+        "decode": {"beam": 2},
+    }
+    (work / "toy.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # One process first: it trains SentencePiece and fills the cache, so both runs read the same ones.
+    single = subprocess.run([sys.executable, "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'single'}",
+                             "--train.accumulate=2"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (work / "ddp").mkdir()
+    (work / "ddp" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'ddp'}"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    return {"single": work / "single", "ddp": work / "ddp"}
+
+
+def test_two_processes_learn_as_one_process_with_the_same_global_batch(runs):
+    single, ddp = records(runs["single"], "train"), records(runs["ddp"], "train")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == list(range(1, STEPS + 1))
+    for a, b in zip(single, ddp):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4), (a, b)
+    assert single[-1]["loss"] < single[0]["loss"]  # and they did learn
+
+
+def test_validation_is_the_same_as_in_one_process(runs):
+    single, ddp = records(runs["single"], "valid"), records(runs["ddp"], "valid")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [4, 8]
+    for a, b in zip(single, ddp):
+        assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-3)
+
+
+def test_only_rank_zero_writes_the_run_directory(runs):
+    names = sorted(p.name for p in runs["ddp"].iterdir())
+    assert names == sorted(p.name for p in runs["single"].iterdir())  # no per-rank files
+    assert names.count("best.safetensors") == 1
+    # One record per step, not one per process.
+    assert len(records(runs["ddp"], "done")) == 1 and len(records(runs["ddp"], "test")) == 1
