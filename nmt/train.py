@@ -35,7 +35,6 @@ from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_mo
 from nmt.config import Config, DecodeConfig, TrainConfig, save_config
 from nmt.distributed import World, join, leave
 from nmt.errors import NMTError
-from nmt.loss import token_loss_sum
 from nmt.metrics import bleu, corpus_scores
 from nmt.model import Seq2Seq, resolve_device
 from nmt.tokenizer import Tokenizer, train_spm
@@ -119,7 +118,7 @@ def validation_loss(model: Seq2Seq, ds, batch_tokens: int, device: torch.device)
     total, tokens = 0.0, 0
     for indices in data.token_batches(src_lens, tgt_lens, batch_tokens, generator=None):
         batch = data.collate(ds, indices).to(device)
-        total += float(token_loss_sum(model(batch), batch.tgt_out))
+        total += float(model(batch, 0.0))
         tokens += batch.n_tokens
     return total / max(tokens, 1), tokens
 
@@ -181,8 +180,7 @@ def train_step(
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-                logits = model(batch)  # (B, T, V)
-            loss_sum = token_loss_sum(logits, batch.tgt_out, t.label_smoothing)
+                loss_sum = model(batch, t.label_smoothing)  # summed over target tokens
             (loss_sum * world_size / n_tokens).backward()  # DDP averages over the world: × size undoes it
         total += loss_sum.detach()
     if t.clip_norm:

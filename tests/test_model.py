@@ -148,3 +148,20 @@ def test_lower_precision_decoding_stays_close(variant, precision, tolerance):
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(NMTError, match="precision 'fp8'"):
         tiny_model().set_precision("fp8")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chunked_loss_equals_the_loss_of_the_whole_logits(variant):
+    model = tiny_model(**variant)
+    batch = make_batch(SRC, TGT)
+    for label_smoothing in (0.0, 0.1):
+        whole, grads = loss_and_grads(model, batch, label_smoothing)
+        model.zero_grad()
+        chunked = model(batch, label_smoothing)  # the training path, 3 target tokens at a time
+        chunked_small = model.loss_sum(batch, label_smoothing, chunk=3)
+        torch.testing.assert_close(chunked, whole)
+        torch.testing.assert_close(chunked_small, whole)
+        chunked_small.backward()
+        for name, p in model.named_parameters():
+            if name in grads:
+                torch.testing.assert_close(p.grad, grads[name], msg=name)
