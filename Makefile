@@ -1,4 +1,4 @@
-# nmt: make install, make train, make test. Variables: CONFIG, PYTHON, MODEL, SRC, REF, TORCH.
+# nmt: make install, make train, make test. Variables: CONFIG, PYTHON, MODEL, SRC, REF, TORCH, BENCH.
 PYTHON ?= python3
 CONFIG ?= configs/en-de.yaml
 RUN_DIR ?= runs/en-de
@@ -9,7 +9,7 @@ BEAM ?= 5
 # The CPU wheel these machines carry; elsewhere pip installs torch 2.13.0 from PyPI as usual.
 TORCH ?= torch==2.13.0
 
-.PHONY: install data train translate evaluate test bench-speed clean
+.PHONY: install data train translate evaluate test bench bench-speed clean
 
 install:
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -29,6 +29,12 @@ evaluate:
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+# Quality: train each direction's config (60 minutes each), score beam 5 on its test sets, write results/.
+# BENCH=en-de (or several, space-separated) runs those directions only; ARGS=--reuse keeps finished runs.
+BENCH ?=
+bench:
+	$(PYTHON) scripts/bench.py $(BENCH) $(ARGS)
 
 # Speed of the model trained by `make train` (RUN_DIR): training tokens/s, whole-process translate, GEMM peak.
 bench-speed:

@@ -1,0 +1,150 @@
+"""Quality benchmark: train each direction's config under its time budget, score the best model on its test sets.
+
+    python scripts/bench.py [en-de de-en en-fr en-cs] [--reuse] [--out results]
+
+For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory),
+then `nmt evaluate` translates every test set of the config with beam 5 as a whole process (so the speed column
+is what a user gets) and scores it with sacreBLEU. Writes `<out>/bench.json`, `<out>/bench.md` (a Markdown
+table) and `<out>/valid_bleu.png` (validation BLEU against training minutes, every run). Directions not
+benchmarked this time keep their earlier rows, so `make bench BENCH=en-de` refreshes one direction only.
+
+`--reuse` skips training where the run directory already holds a finished run of the same config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nmt.cli import read_text_lines  # noqa: E402
+from nmt.config import load_config  # noqa: E402
+
+DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
+BEAM = 5
+
+
+def nmt(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nmt", *args], cwd=ROOT, check=True)
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def finished(run_dir: Path, config: Path) -> bool:
+    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary sizes aside)."""
+    saved = run_dir / "config.yaml"
+    if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
+        return False
+    if not any(r["type"] == "done" for r in records(run_dir)):
+        return False
+    ours, theirs = load_config(config).to_dict(), load_config(saved).to_dict()
+    for cfg in (ours, theirs):
+        cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0)
+        cfg["train"]["precision"] = "auto"  # a run records the precision `auto` resolved to
+        cfg["data"]["spm_sentences"] = 0  # only used to train SentencePiece, which a rerun takes from the run dir
+    return ours == theirs
+
+
+def test_file(prefix: str, lang: str) -> str:
+    plain = ROOT / f"{prefix}.{lang}"
+    return str(plain if plain.is_file() else f"{plain}.gz")
+
+
+def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
+    config = ROOT / "configs" / f"{direction}.yaml"
+    cfg = load_config(config)
+    run_dir = ROOT / cfg.train.run_dir
+    if reuse and finished(run_dir, config):
+        print(f"{direction}: reusing the finished run in {run_dir}", flush=True)
+    else:
+        nmt("train", str(config))
+    done = next(r for r in records(run_dir) if r["type"] == "done")
+    rows = []
+    for prefix in cfg.data.test:
+        scores = out / f"{direction}.{Path(prefix).name}.json"
+        src = test_file(prefix, cfg.data.src_lang)
+        start = time.perf_counter()
+        nmt("-q", "evaluate", "-m", str(run_dir / "best.safetensors"), "--beam", str(BEAM),
+            "--length-penalty", str(cfg.decode.length_penalty), "--src", src,
+            "--ref", test_file(prefix, cfg.data.tgt_lang), "--json", str(scores))
+        seconds = time.perf_counter() - start
+        result = json.loads(scores.read_text(encoding="utf-8"))
+        scores.unlink()
+        n = len(read_text_lines(src))
+        rows.append({
+            "direction": direction, "test_set": Path(prefix).name, "bleu": result["bleu"], "chrf": result["chrf"],
+            "signature": result["bleu_signature"], "minutes": done["minutes"], "steps": done["step"],
+            "parameters": done["parameters"], "translate_sent_per_s": round(n / seconds, 1),
+            "best_valid_bleu": done["best_valid_bleu"],
+            "curve": [(r["minutes"], r["valid_bleu"]) for r in records(run_dir) if r["type"] == "valid"],
+        })
+    return rows
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    lines = [
+        "| direction | test set | BLEU | chrF2 | training minutes | steps | parameters | translate (beam 5), sentences/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['minutes']:.1f} "
+                     f"| {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |")
+    signatures = sorted({r["signature"] for r in rows})
+    lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
+              "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included."]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for direction in dict.fromkeys(r["direction"] for r in rows):
+        curve = next(r["curve"] for r in rows if r["direction"] == direction)
+        ax.plot([m for m, _ in curve], [b for _, b in curve], marker=".", label=direction)
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("validation BLEU (greedy)")
+    ax.set_title("Multi30k: validation BLEU against training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directions", nargs="*", default=DIRECTIONS, choices=DIRECTIONS, metavar="DIRECTION",
+                        help=f"any of {', '.join(DIRECTIONS)} (default all)")
+    parser.add_argument("--reuse", action="store_true", help="use a finished run of the same config instead of training")
+    parser.add_argument("--out", default=ROOT / "results", type=Path)
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = args.out / "bench.json"
+    earlier = json.loads(table.read_text(encoding="utf-8")) if table.is_file() else []
+    fresh = [row for d in args.directions for row in bench_direction(d, args.reuse, args.out)]
+    rows = [r for r in earlier if r["direction"] not in args.directions] + fresh
+    rows.sort(key=lambda r: (DIRECTIONS.index(r["direction"]), r["test_set"]))
+    table.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    write_table(rows, args.out / "bench.md")
+    plot(rows, args.out / "valid_bleu.png")
+    print((args.out / "bench.md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

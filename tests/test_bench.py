@@ -1,0 +1,54 @@
+"""The quality benchmark's pieces on a real (toy) run: reuse only a finished run of the same config; the table
+and the plot are written from the rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import toy_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench  # noqa: E402
+
+
+def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
+    splits = {name: toy_corpus(tmp_path / "toy", name, n, seed) for name, n, seed in [("train", 200, 1), ("valid", 20, 2)]}
+    config = {
+        "data": {"train": splits["train"], "valid": splits["valid"], "test": [], "vocab_size": 60,
+                 "cache_dir": str(tmp_path / "cache")},
+        "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
+        "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 200, "max_steps": 4, "valid_every": 4},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert not bench.finished(run, path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "nmt", "train", str(path)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert bench.finished(run, path)  # precision `auto` was recorded resolved; still the same config
+    config["train"]["lr"] = 0.002
+    path.write_text(yaml.safe_dump(config))
+    assert not bench.finished(run, path)
+
+
+def test_table_and_plot(tmp_path):
+    rows = [
+        {"direction": d, "test_set": t, "bleu": b, "chrf": 60.0, "signature": "nrefs:1|case:mixed", "minutes": 59.9,
+         "steps": 5000, "parameters": 6_273_600, "translate_sent_per_s": 80.0, "best_valid_bleu": 38.0,
+         "curve": [(5.0, 20.0), (30.0, 35.0), (59.9, 38.0)]}
+        for d, t, b in [("en-de", "test_2016_flickr", 38.1), ("en-de", "test_2017_flickr", 30.0), ("de-en", "test_2016_flickr", 41.0)]
+    ]
+    bench.write_table(rows, tmp_path / "bench.md")
+    lines = (tmp_path / "bench.md").read_text().splitlines()
+    assert lines[2].startswith("| en-de | test_2016_flickr | 38.10 |") and lines[4].startswith("| de-en |")
+    assert "`nrefs:1|case:mixed`" in lines[-2]
+    bench.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
