@@ -2,7 +2,8 @@
 
 A decoder here is an object with `encode(src, src_lens) -> state` and
 `step(prev (N,), state) -> (log-probabilities (N, V), state, attention (N, S))`, whose state has
-`select(index, same_sources)` (rows `index`; `same_sources` promises each row comes from its own sentence). `Seq2Seq` is one; an ensemble is another.
+`select(index, same_sources)` (rows `index`; `same_sources` promises each row comes from its own sentence).
+`Seq2Seq` is one; an ensemble is another.
 
 Beam search keeps the whole batch in one tensor program: `batch * beam` rows decode together, every step picks
 the 2K best extensions of each sentence, moves those that end in EOS among the top K into a per-sentence
