@@ -48,7 +48,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                           "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'ddp'}"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    return {"single": work / "single", "ddp": work / "ddp"}
+    # The same distributed run stopped half-way, then resumed from its checkpoint.
+    (work / "resumed").mkdir()
+    (work / "resumed" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
+    for extra in ([f"--train.max_steps={STEPS // 2}"], ["--resume"]):
+        part = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'resumed'}", *extra],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert part.returncode == 0, part.stderr[-3000:]
+    return {"single": work / "single", "ddp": work / "ddp", "resumed": work / "resumed"}
 
 
 def test_two_processes_learn_as_one_process_with_the_same_global_batch(runs):
@@ -72,3 +80,10 @@ def test_only_rank_zero_writes_the_run_directory(runs):
     assert names.count("best.safetensors") == 1
     # One record per step, not one per process.
     assert len(records(runs["ddp"], "done")) == 1 and len(records(runs["ddp"], "test")) == 1
+
+
+def test_a_distributed_run_resumes_where_it_stopped(runs):
+    whole, resumed = records(runs["ddp"], "train"), records(runs["resumed"], "train")
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))  # each step once: none lost, none repeated
+    for a, b in zip(whole, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
