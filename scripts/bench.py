@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from nmt.cli import read_text_lines  # noqa: E402
 from nmt.config import load_config  # noqa: E402
+from nmt.data import corpus_file  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 BEAM = 5
@@ -56,11 +57,6 @@ def finished(run_dir: Path, config: Path) -> bool:
     return ours == theirs
 
 
-def test_file(prefix: str, lang: str) -> str:
-    plain = ROOT / f"{prefix}.{lang}"
-    return str(plain if plain.is_file() else f"{plain}.gz")
-
-
 def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
     config = ROOT / "configs" / f"{direction}.yaml"
     cfg = load_config(config)
@@ -73,11 +69,11 @@ def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
     rows = []
     for prefix in cfg.data.test:
         scores = out / f"{direction}.{Path(prefix).name}.json"
-        src = test_file(prefix, cfg.data.src_lang)
+        src = str(corpus_file(str(ROOT / prefix), cfg.data.src_lang))
         start = time.perf_counter()
         nmt("-q", "evaluate", "-m", str(run_dir / "best.safetensors"), "--beam", str(BEAM),
             "--length-penalty", str(cfg.decode.length_penalty), "--src", src,
-            "--ref", test_file(prefix, cfg.data.tgt_lang), "--json", str(scores))
+            "--ref", str(corpus_file(str(ROOT / prefix), cfg.data.tgt_lang)), "--json", str(scores))
         seconds = time.perf_counter() - start
         result = json.loads(scores.read_text(encoding="utf-8"))
         scores.unlink()

@@ -138,6 +138,7 @@ def translate_process(model: Path, src: Path, beam: int, repeats: int, precision
 
 
 def read_split(prefix: str, lang: str) -> list[str]:
+    # Not nmt.data.corpus_file: that module imports torch, which must wait until the translations are timed.
     plain = Path(f"{prefix}.{lang}")
     return read_text_lines(str(plain if plain.is_file() else f"{plain}.gz"))
 

@@ -57,14 +57,15 @@ def toy_corpus(folder: Path, name: str, n: int, seed: int, src: str = "en", tgt:
     return str(folder / name)
 
 
+def toy_splits(folder: Path, train: int = 600, valid: int = 40, test: int | None = 30) -> dict[str, str]:
+    """Train, validation and (unless `test` is None) test splits of the toy pair, seeds 1, 2, 3: their prefixes."""
+    sizes = {"train": train, "valid": valid} | ({} if test is None else {"test": test})
+    return {name: toy_corpus(folder, name, n, seed) for seed, (name, n) in enumerate(sizes.items(), 1)}
+
+
 @pytest.fixture
 def toy_data(tmp_path: Path) -> dict[str, str]:
-    folder = tmp_path / "toy"
-    return {
-        "train": toy_corpus(folder, "train", 600, seed=1),
-        "valid": toy_corpus(folder, "valid", 40, seed=2),
-        "test": toy_corpus(folder, "test", 30, seed=3),
-    }
+    return toy_splits(tmp_path / "toy")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import toy_corpus
+from conftest import toy_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -19,7 +19,7 @@ import bench  # noqa: E402
 
 
 def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
-    splits = {name: toy_corpus(tmp_path / "toy", name, n, seed) for name, n, seed in [("train", 200, 1), ("valid", 20, 2)]}
+    splits = toy_splits(tmp_path / "toy", train=200, valid=20, test=None)
     config = {
         "data": {"train": splits["train"], "valid": splits["valid"], "test": [], "vocab_size": 60,
                  "cache_dir": str(tmp_path / "cache")},

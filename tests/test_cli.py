@@ -24,10 +24,10 @@ def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """One tiny training run shared by the tests of this module."""
-    from conftest import toy_corpus
+    from conftest import toy_splits
 
     work = tmp_path_factory.mktemp("e2e")
-    splits = {name: toy_corpus(work / "toy", name, n, seed) for name, n, seed in [("train", 600, 1), ("valid", 40, 2), ("test", 30, 3)]}
+    splits = toy_splits(work / "toy")
     config = {
         "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
                  "cache_dir": str(work / "cache")},

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import toy_corpus
+from conftest import toy_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -26,7 +26,7 @@ def records(run: Path, kind: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("ddp")
-    splits = {name: toy_corpus(work / "toy", name, n, seed) for name, n, seed in [("train", 400, 1), ("valid", 30, 2), ("test", 20, 3)]}
+    splits = toy_splits(work / "toy", train=400, valid=30, test=20)
     config = {
         "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
                  "cache_dir": str(work / "cache")},
