@@ -1,4 +1,4 @@
-"""Command line: `nmt data | train | translate | evaluate | average`. Thin front ends over the library.
+"""Command line: `nmt data | train | translate | evaluate | average | plot | serve`. Thin front ends over the library.
 
 Each command imports what it needs when it runs, so `nmt translate` never loads the training-side libraries.
 User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C with exit status 130.
@@ -46,6 +46,16 @@ def _positive(name: str):
         return value
 
     return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"--port must be a port number, 1 to 65535, got {text!r}")
+    return value
 
 
 def read_text_lines(path: str | None) -> list[str]:
@@ -127,13 +137,47 @@ def cmd_train(args) -> None:
         print(f"best model: {best}")
 
 
+def _output_folder(path: str) -> Path:
+    """A folder to write into, made if missing; NMTError when it cannot be."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NMTError(f"{path}: exists and is not a folder") from None
+    except OSError as e:
+        raise NMTError(f"{path}: cannot make this folder ({e.strerror})") from None
+    return folder
+
+
+def _check_parent(path: str | None) -> None:
+    """Fail before the work, not after it, when an output file's folder is missing."""
+    if path not in (None, "-") and not Path(path).resolve().parent.is_dir():
+        raise NMTError(f"{path}: its folder does not exist")
+
+
 def cmd_translate(args) -> None:
-    from nmt.translate import translate_lines
+    from nmt.translate import source_ids, translate_ids
 
     lines = read_text_lines(args.input)
+    for path in (args.output, args.alignments):
+        _check_parent(path)
+    heatmaps = _output_folder(args.attention) if args.attention else None
     model, tok, device = _load(args)
-    out = translate_lines(model, tok, lines, _decode_options(args), model.cfg.max_src_len, device)
-    write_text_lines(args.output, out)
+    src_ids = source_ids(tok, lines, model.cfg.max_src_len)
+    hyp_ids = translate_ids(model, src_ids, _decode_options(args), device)
+    write_text_lines(args.output, tok.decode_tgt(hyp_ids))
+    if heatmaps is None and args.alignments is None:
+        return
+    from nmt.alignment import attention_weights, hard_alignment, heatmap_names, save_heatmap
+
+    weights = attention_weights(model, src_ids, hyp_ids, device, args.batch_size)
+    pieces = [(tok.src_pieces(s), tok.tgt_pieces(h)) for s, h in zip(src_ids, hyp_ids)]
+    if args.alignments:
+        write_text_lines(args.alignments, [hard_alignment(w, s, t) if w is not None else "" for w, (s, t) in zip(weights, pieces)])
+    if heatmaps is not None:
+        for name, w, (s, t) in zip(heatmap_names(len(lines)), weights, pieces):
+            save_heatmap(heatmaps / name, w, s, t)
+        log.info("%d attention heatmaps in %s", len(lines), heatmaps)
 
 
 def cmd_evaluate(args) -> None:
@@ -153,6 +197,28 @@ def cmd_evaluate(args) -> None:
     if args.json:
         record = {"model": [str(m) for m in args.model], "src": args.src, "ref": args.ref, "beam": args.beam, **scores}
         write_text(args.json, json.dumps(record, indent=2) + "\n")
+
+
+def cmd_plot(args) -> None:
+    from nmt.plot import plot_runs
+
+    output = args.output or (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    print(f"curves of {len(args.runs)} run(s): {plot_runs(args.runs, output)}")
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from nmt import __version__
+    from nmt.serve import Translator, check_address, create_app
+
+    check_address(args.host, args.port)
+    model, tok, device = _load(args)
+    info = {"version": __version__, "model": [str(m) for m in args.model], "device": str(device),
+            "precision": args.precision, "beam": args.beam, "max_lines": args.max_lines, "max_bytes": args.max_bytes}
+    app = create_app(Translator(model, tok, device, _decode_options(args)), info, args.max_bytes, args.max_lines)
+    log.info("serving %s on http://%s:%d (Ctrl-C stops)", ", ".join(info["model"]), args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
 
 
 def cmd_average(args) -> None:
@@ -205,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(p)
     p.add_argument("-i", "--input", default=None, help="input file (default stdin)")
     p.add_argument("-o", "--output", default=None, help="output file (default stdout)")
+    p.add_argument("--attention", default=None, metavar="DIR",
+                   help="also write one attention heatmap per input line into DIR (0001.png, 0002.png, ...)")
+    p.add_argument("--alignments", default=None, metavar="FILE",
+                   help="also write hard word alignments, one line per input line, Pharaoh i-j (0-based source-target)")
     p.set_defaults(run=cmd_translate)
 
     p = sub.add_parser("evaluate", help="translate and score with sacreBLEU (BLEU, chrF)")
@@ -214,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
     p.add_argument("-o", "--output", default=None, help="also write the translations to this file")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="a translation web page and JSON API (POST /translate) over a model")
+    _add_decode_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="default 8000")
+    p.add_argument("--max-lines", type=_positive("--max-lines"), default=64, help="lines per request, more get 413 (default 64)")
+    p.add_argument("--max-bytes", type=_positive("--max-bytes"), default=65536,
+                   help="request body size, more gets 413 (default 65536)")
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("plot", help="draw training curves of one or several runs (overlaid) into a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `nmt train` (with metrics.jsonl)")
+    p.add_argument("-o", "--output", default=None,
+                   help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png for several)")
+    p.set_defaults(run=cmd_plot)
 
     p = sub.add_parser("average", help="average the weights of models of one run (e.g. its last N snapshots)")
     p.add_argument("models", nargs="+", metavar="MODEL")

@@ -5,6 +5,7 @@ are small functions. Everything a run writes lives in its run directory:
   config.yaml         the config it ran with (vocabulary sizes filled in)
   spm.src.model, spm.tgt.model   the SentencePiece models (one file, spm.model, when the vocabulary is joint)
   metrics.jsonl       one JSON object per log interval, validation and test score
+  curves.png          training loss, validation perplexity and BLEU against steps and minutes (redrawn at each validation)
   best.safetensors    the model with the best validation BLEU: self-contained, what `nmt translate` reads
   checkpoint.pt       model, optimizer and trainer state for `--resume`
   train.log           the log
@@ -37,12 +38,14 @@ from nmt.distributed import World, join, leave
 from nmt.errors import NMTError
 from nmt.metrics import bleu, corpus_scores
 from nmt.model import Seq2Seq, resolve_device
+from nmt.plot import plot_runs
 from nmt.tokenizer import Tokenizer, train_spm
 from nmt.translate import translate_lines
 
 log = logging.getLogger(__name__)
 
 BEST = "best.safetensors"
+CURVES = "curves.png"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -348,6 +351,7 @@ def _train(
                 old.unlink()
         record = {"type": "valid", "step": progress.step, "epoch": progress.epoch, "minutes": round(elapsed() / 60, 2), **scores, "best": improved}
         metrics.write(record)
+        plot_runs([run_dir], run_dir / CURVES)
         log.info("validation at step %d: loss %.4f ppl %.2f BLEU %.2f%s", progress.step, scores["valid_loss"],
                  scores["valid_ppl"], scores["valid_bleu"], " (best)" if improved else "")
         checkpoint()
@@ -419,5 +423,6 @@ def _train(
     metrics.write({"type": "done", "step": progress.step, "epoch": progress.epoch, "minutes": round(elapsed() / 60, 2),
                    "best_valid_bleu": progress.best_bleu, "parameters": model.num_parameters()})
     if world.main:
+        plot_runs([run_dir], run_dir / CURVES)
         score_test_sets(cfg, run_dir, device, metrics)
     return run_dir / BEST

@@ -36,13 +36,18 @@ def translate_ids(
     return out
 
 
-def translate_lines(
-    model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeConfig, max_src_len: int,
-    device: torch.device | str = "cpu",
-) -> list[str]:
-    src_ids = [ids if line.strip() else [] for line, ids in zip(lines, tok.encode_src(lines))]  # blank → blank
+def source_ids(tok: Tokenizer, lines: list[str], max_src_len: int) -> list[list[int]]:
+    """Lines → source token ids: blank lines give [], lines over the model's limit are truncated with a warning."""
+    src_ids = [ids if line.strip() else [] for line, ids in zip(lines, tok.encode_src(lines))]
     for number, ids in enumerate(src_ids, 1):
         if len(ids) > max_src_len - 1:  # room for the EOS
             log.warning("line %d: %d pieces, truncated to the model's %d", number, len(ids), max_src_len - 1)
             src_ids[number - 1] = ids[: max_src_len - 1]
-    return tok.decode_tgt(translate_ids(model, src_ids, opts, device))
+    return src_ids
+
+
+def translate_lines(
+    model: Searchable, tok: Tokenizer, lines: list[str], opts: DecodeConfig, max_src_len: int,
+    device: torch.device | str = "cpu",
+) -> list[str]:
+    return tok.decode_tgt(translate_ids(model, source_ids(tok, lines, max_src_len), opts, device))

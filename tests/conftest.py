@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nmt.config import ModelConfig
 from nmt.model import Seq2Seq
 
 torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -81,3 +86,30 @@ def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, model, tok)
     return path
+
+
+def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it: `python -m nmt ARGS` in `cwd`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "nmt", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One tiny training run through `nmt train` (120 steps on the toy pair), shared by the end-to-end tests."""
+    work = tmp_path_factory.mktemp("e2e")
+    splits = toy_splits(work / "toy")
+    config = {
+        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
+                 "cache_dir": str(work / "cache")},
+        "model": {"emb_size": 32, "enc_hidden": 32, "dec_hidden": 48, "dropout": 0.1},
+        "train": {"run_dir": str(work / "run"), "batch_tokens": 400, "lr": 0.005, "valid_every": 40, "log_every": 20,
+                  "max_steps": 120, "time_budget_min": 5},
+        "decode": {"beam": 3},
+    }
+    (work / "toy.yaml").write_text(yaml.safe_dump(config))
+    result = nmt("train", "toy.yaml", "--train.seed=2", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"work": work, "run": work / "run", "model": work / "run" / "best.safetensors", "test": Path(splits["test"])}

@@ -3,43 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "nmt", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """One tiny training run shared by the tests of this module."""
-    from conftest import toy_splits
-
-    work = tmp_path_factory.mktemp("e2e")
-    splits = toy_splits(work / "toy")
-    config = {
-        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
-                 "cache_dir": str(work / "cache")},
-        "model": {"emb_size": 32, "enc_hidden": 32, "dec_hidden": 48, "dropout": 0.1},
-        "train": {"run_dir": str(work / "run"), "batch_tokens": 400, "lr": 0.005, "valid_every": 40, "log_every": 20,
-                  "max_steps": 120, "time_budget_min": 5},
-        "decode": {"beam": 3},
-    }
-    (work / "toy.yaml").write_text(yaml.safe_dump(config))
-    result = nmt("train", "toy.yaml", "--train.seed=2", cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {"work": work, "run": work / "run", "model": work / "run" / "best.safetensors", "test": Path(splits["test"])}
+from conftest import nmt
 
 
 def test_training_writes_a_complete_run_directory(trained):
