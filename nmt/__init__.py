@@ -2,11 +2,21 @@
 
 import os
 
-# oneDNN (torch's CPU kernels) caches a compiled primitive per input shape, 1024 of them by default. Length-bucketed
-# batches have hundreds of shapes, and under bf16 the cached primitives kept growing training's memory, about
-# 4 MB a step, past 4.5 GB in half an hour. A smaller cache bounds memory but recompiles more: 16 kept 1.1 GB but
-# trained about 20% slower than 1024; 256 is between (1.7 GB after 200 steps).
-# oneDNN reads this when it first needs the cache, so setting it here, before any kernel runs, is enough.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+_USER_CACHE = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+
+
+def kernel_cache(capacity: int) -> None:
+    """Set the number of compiled kernels oneDNN (torch's CPU kernels) keeps, unless the user set it.
+
+    oneDNN caches a compiled primitive per input shape, 1024 by default, and reads this setting when it first
+    needs the cache, so a call before any kernel runs is enough. Training's length-bucketed batches have hundreds
+    of shapes: under bf16 the default kept growing training's memory, past 4.5 GB in half an hour, while 16 kept
+    it at 1.1 GB but trained about 20% slower; 256 is between (1.7 GB after 200 steps), the default set here.
+    Decoding's shapes change at every step (rows leave as sentences end), so it keeps few (`nmt.cli`)."""
+    if _USER_CACHE is None:
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
+
+
+kernel_cache(256)
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from nmt import kernel_cache
 from nmt.errors import NMTError
 
 log = logging.getLogger("nmt")
@@ -332,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     configure_logging(args.quiet, args.command == "train")
+    if args.command in ("translate", "evaluate", "serve"):
+        # Beam 5 test_2016_flickr in bf16: 0.54 GiB peak with 256 kernels kept, 0.47 with 8, no slower.
+        kernel_cache(8)
     try:
         args.run(args)
     except NMTError as e:

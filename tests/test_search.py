@@ -10,7 +10,7 @@ import torch
 
 from conftest import VARIANTS, tiny_model
 from nmt.batch import source_tensors
-from nmt.search import beam_search, greedy, length_penalty
+from nmt.search import beam_search, greedy, length_penalty, top_k
 from nmt.tokenizer import BOS, EOS, PAD, UNK
 
 SOURCES = [[4, 5, 6, 7, 8, 9], [10], [11, 12, 4], [5, 5, 5, 6]]
@@ -133,3 +133,18 @@ def test_search_never_emits_pad_or_bos():
     for hyps in beam_search(model, src, lens, beam=3, alpha=1.0, max_len_ratio=2.0, max_len_offset=5, n_best=3):
         for h in hyps:
             assert PAD not in h.tokens and BOS not in h.tokens and EOS not in h.tokens
+
+
+@pytest.mark.parametrize("vocab, k", [(8000, 1), (8000, 10), (1003, 6), (100, 10), (5, 5)])
+def test_top_k_equals_torch_topk(vocab, k):
+    torch.manual_seed(vocab + k)
+    x = torch.randn(37, vocab)
+    x[3] = float("-inf")  # a dead row
+    x[4, : vocab - 2] = float("-inf")  # a row with only two finite entries (a forced EOS leaves one)
+    values, index = top_k(x, k)
+    expected_values, expected_index = x.topk(k, dim=1)
+    assert torch.equal(values, expected_values)
+    finite = expected_values > float("-inf")
+    assert torch.equal(index[finite], expected_index[finite])  # random floats: no ties among finite entries
+    assert int(index.min()) >= 0 and int(index.max()) < vocab
+    assert torch.equal(x.gather(1, index)[finite], values[finite])
