@@ -190,7 +190,7 @@ def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, na
         (["-i", "missing.txt"], "missing.txt: file not found"),
         (["-i", "."], ".: is a folder, not a file"),
         (["-i", "latin1.txt"], "latin1.txt:2: not UTF-8"),
-        (["-i", "in.txt", "-o", "no/such/folder/out.txt"], "out.txt: cannot write"),
+        (["-i", "in.txt", "-o", "no/such/folder/out.txt"], "no/such/folder/out.txt: its folder does not exist"),
         (["-i", "in.txt", "--device", "cuda:7"], "device 'cuda:7'"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],

@@ -156,3 +156,19 @@ def test_page_in_headless_chromium(server):
             browser.close()
     assert shot.stat().st_size > 0
     print(f"screenshot: {shot}")
+
+
+def test_serve_user_errors_are_one_line(trained, tmp_path):
+    from conftest import nmt
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = nmt("serve", "-m", str(trained["model"]), "--port", str(port), cwd=tmp_path)
+    assert busy.returncode == 1 and busy.stderr.strip().startswith(f"nmt: error: 127.0.0.1:{port}: cannot listen there")
+    bad = nmt("serve", "-m", str(trained["model"]), "--port", "70000", cwd=tmp_path)
+    assert bad.returncode == 2 and "--port must be a port number, 1 to 65535, got '70000'" in bad.stderr
+    missing = nmt("serve", "-m", "missing.safetensors", "--port", str(free_port()), cwd=tmp_path)
+    assert missing.returncode == 1 and "missing.safetensors: model file not found" in missing.stderr
+    assert "Traceback" not in busy.stderr + bad.stderr + missing.stderr
