@@ -15,6 +15,7 @@ import torch
 from nmt.batch import pad, source_tensors
 from nmt.search import Searchable
 from nmt.tokenizer import BOS
+from nmt.translate import length_batches
 
 EOS_LABEL = "</s>"
 WORD_START = "\u2581"  # SentencePiece's ▁: this piece begins a word
@@ -26,10 +27,8 @@ def attention_weights(
 ) -> list[torch.Tensor | None]:
     """Per sentence, weights (T + 1, S + 1) on the CPU for T target and S source pieces; None for an empty input."""
     out: list[torch.Tensor | None] = [None] * len(src_ids)
-    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: len(src_ids[i]), reverse=True)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in length_batches(src_ids, batch_size):
             src, src_lens = source_tensors([src_ids[i] for i in chunk])
             tgt_in = pad([[BOS] + list(hyp_ids[i]) for i in chunk]).to(device)  # (B, T + 1)
             state = model.encode(src.to(device), src_lens)

@@ -101,7 +101,7 @@ class Translator:
 
     def __call__(self, lines: list[str], beam: int | None, attention: bool) -> dict[str, Any]:
         opts = self.base if beam is None else dataclasses.replace(self.base, beam=beam)
-        with self.lock, torch.inference_mode():
+        with self.lock:  # translation and attention run in inference mode themselves
             src = source_ids(self.tok, lines, self.model.cfg.max_src_len)
             hyp = translate_ids(self.model, src, opts, self.device)
             out: dict[str, Any] = {"translations": self.tok.decode_tgt(hyp)}

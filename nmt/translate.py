@@ -8,6 +8,7 @@ warning, never dropped.
 from __future__ import annotations
 
 import logging
+from typing import Iterator
 
 import torch
 
@@ -19,14 +20,19 @@ from nmt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+def length_batches(src_ids: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of the non-empty inputs, longest first, `batch_size` at a time: batches with little padding."""
+    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: len(src_ids[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 def translate_ids(
     model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, device: torch.device | str = "cpu"
 ) -> list[list[int]]:
     """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs."""
     out: list[list[int]] = [[] for _ in src_ids]
-    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: len(src_ids[i]), reverse=True)
-    for start in range(0, len(order), opts.batch_size):
-        chunk = order[start : start + opts.batch_size]
+    for chunk in length_batches(src_ids, opts.batch_size):
         src, src_lens = source_tensors([src_ids[i] for i in chunk])
         hyps = decode(
             model, src.to(device), src_lens, opts.beam, opts.length_penalty, opts.max_len_ratio, opts.max_len_offset

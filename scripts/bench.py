@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from nmt.cli import read_text_lines  # noqa: E402
 from nmt.config import load_config  # noqa: E402
 from nmt.data import corpus_file  # noqa: E402
+from nmt.plot import read_metrics  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 BEAM = 5
@@ -36,10 +37,8 @@ def nmt(*args: str) -> None:
 
 
 def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The run's metrics records; none for a run that has not started."""
+    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
 def finished(run_dir: Path, config: Path) -> bool:

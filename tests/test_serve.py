@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, WORDS
+from conftest import ROOT, WORDS, nmt
 
 MAX_BYTES, MAX_LINES = 4096, 8
 SCREENSHOTS = Path(os.environ.get("NMT_TEST_OUTPUT", ROOT / "tests" / "output"))
@@ -63,8 +63,6 @@ def test_health_and_translation_like_the_command_line(server, trained):
     lines = ["red dog", "", "big house runs", "cat"]
     answer = post(server, {"text": lines, "beam": 2})
     assert answer.status_code == 200
-    from conftest import nmt
-
     cli = nmt("translate", "-m", str(trained["model"]), "--beam", "2", cwd=trained["work"], stdin="\n".join(lines) + "\n")
     assert answer.json() == {"translations": cli.stdout.splitlines()}
     assert answer.json()["translations"][1] == ""
@@ -159,8 +157,6 @@ def test_page_in_headless_chromium(server):
 
 
 def test_serve_user_errors_are_one_line(trained, tmp_path):
-    from conftest import nmt
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
