@@ -151,7 +151,7 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
 def _unknown_key(key: str, valid: list[str], where: str, prefix: str) -> NMTError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(prefix + v for v in valid)})"
-    return NMTError(f"{where}: unknown key '{prefix}{key}'{hint}")
+    return NMTError(f"{where}: unknown key {prefix + key!r}{hint}")  # repr: a key with a newline stays one line
 
 
 def _build(cls: type, values: Any, where: str, prefix: str) -> Any:
