@@ -425,4 +425,7 @@ def _train(
     if world.main:
         plot_runs([run_dir], run_dir / CURVES)
         score_test_sets(cfg, run_dir, device, metrics)
+    # The others wait for rank 0 here: a rank that tore the group down while rank 0 still held its connections
+    # was aborted by Gloo ("terminate called without an active exception").
+    world.barrier()
     return run_dir / BEST
