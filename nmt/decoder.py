@@ -21,25 +21,30 @@ from nmt.tokenizer import PAD
 
 @dataclass
 class DecoderState:
-    """Everything a decoding step needs, batch-first except the LSTM states (torch's layout)."""
+    """Everything a decoding step needs, batch-first except the LSTM states (torch's layout).
+
+    The recurrent tensors have a row per hypothesis (N), the source-side ones a row per sentence (B): N is a
+    multiple of B and each sentence's N / B hypotheses are consecutive rows. Beam search's K hypotheses of a
+    sentence thus share one copy of its encoder outputs and attend to it in one matrix multiply."""
 
     h: torch.Tensor  # (L, N, H)
     c: torch.Tensor  # (L, N, H)
     feed: torch.Tensor  # (N, H) previous attentional vector (zeros before the first step)
-    memory: torch.Tensor  # (N, S, M) encoder outputs
-    keys: torch.Tensor  # (N, S, H) attention keys, projected once per sentence
-    mask: torch.Tensor  # (N, S) True on real source tokens
+    memory: torch.Tensor  # (B, S, M) encoder outputs
+    keys: torch.Tensor  # (B, S, H) attention keys, projected once per sentence
+    mask: torch.Tensor  # (B, S) True on real source tokens
 
-    def select(self, index: torch.Tensor, same_sources: bool = False) -> "DecoderState":
-        """Rows `index` (K,) of every tensor: for beam expansion, reordering and dropping finished sentences.
-
-        With `same_sources` (a reordering of beam hypotheses, each row taking a row of its own sentence), the
-        per-sentence tensors are unchanged by it, and only the recurrent state is gathered."""
-        h, c, feed = self.h.index_select(1, index), self.c.index_select(1, index), self.feed.index_select(0, index)
-        if same_sources:
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> "DecoderState":
+        """Hypotheses `rows` (N',) and sentences `sources` (B',): for beam expansion, reordering and dropping
+        finished sentences. `sources` None keeps the sentences as they are (rows must then pick, for each
+        sentence in turn, N' / B of its own hypotheses); otherwise row i of the result is a hypothesis of
+        sentence `sources[i // (N' / B')]`."""
+        h, c, feed = self.h.index_select(1, rows), self.c.index_select(1, rows), self.feed.index_select(0, rows)
+        if sources is None:
             return DecoderState(h, c, feed, self.memory, self.keys, self.mask)
         return DecoderState(
-            h, c, feed, self.memory.index_select(0, index), self.keys.index_select(0, index), self.mask.index_select(0, index)
+            h, c, feed, self.memory.index_select(0, sources), self.keys.index_select(0, sources),
+            self.mask.index_select(0, sources),
         )
 
 
@@ -92,15 +97,23 @@ class Decoder(nn.Module):
             return F.linear(self.out_proj(vectors), self.embed.weight, self.out_bias)
         return self.output(vectors)
 
+    def _context(self, query: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (N, T, H), N rows of B sentences → contexts (N, T, M), attention weights (N, T, S).
+        Each sentence's rows query its memory together: (B, N / B * T) queries in one batched product."""
+        n, t, _ = query.shape
+        grouped = query.reshape(state.memory.size(0), -1, query.size(-1))  # (B, N / B * T, H)
+        context, weights = self.attention(grouped, state.keys, state.memory, state.mask)
+        return context.view(n, t, -1), weights.view(n, t, -1)
+
     def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
-        """LSTM outputs (B, T, H) → attentional vectors (B, T, H), attention weights (B, T, S)."""
-        context, weights = self.attention(out, state.keys, state.memory, state.mask)  # (B, T, M), (B, T, S)
-        vectors = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (B, T, H)
+        """LSTM outputs (N, T, H) → attentional vectors (N, T, H), attention weights (N, T, S)."""
+        context, weights = self._context(out, state)  # (N, T, M), (N, T, S)
+        vectors = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (N, T, H)
         return self.dropout(vectors), weights
 
     def run(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """tgt_in (B, T) → attentional vectors (B, T, H), the state after step T, weights (B, T, S)."""
-        emb = self.emb_dropout(self.embed(tgt_in))  # (B, T, E)
+        """tgt_in (N, T) → attentional vectors (N, T, H), the state after step T, weights (N, T, S)."""
+        emb = self.emb_dropout(self.embed(tgt_in))  # (N, T, E)
         if not self.input_feeding:
             out, (h, c) = self.rnn(emb, (state.h, state.c))  # whole sequence in one call
             vectors, weights = self._attend(out, state)
@@ -108,9 +121,9 @@ class Decoder(nn.Module):
         h, c, feed = state.h, state.c, state.feed
         all_vectors, all_weights = [], []
         for t in range(emb.size(1)):
-            x = torch.cat([emb[:, t], feed], dim=-1).unsqueeze(1)  # (B, 1, E + H)
-            out, (h, c) = self.rnn(x, (h, c))  # out (B, 1, H)
-            vector, weights = self._attend(out, state)  # (B, 1, H), (B, 1, S)
+            x = torch.cat([emb[:, t], feed], dim=-1).unsqueeze(1)  # (N, 1, E + H)
+            out, (h, c) = self.rnn(x, (h, c))  # out (N, 1, H)
+            vector, weights = self._attend(out, state)  # (N, 1, H), (N, 1, S)
             feed = vector.squeeze(1)
             all_vectors.append(vector)
             all_weights.append(weights)
@@ -139,7 +152,7 @@ class Decoder(nn.Module):
             hs.append(h)
             cs.append(c)
             below = h
-        context, weights = self.attention(below.unsqueeze(1), state.keys, state.memory, state.mask)  # (N, 1, M)
+        context, weights = self._context(below.unsqueeze(1), state)  # (N, 1, M), (N, 1, S)
         vector = torch.tanh(w.combine(torch.cat([below, context[:, 0]], dim=-1)))  # (N, H)
         new_state = DecoderState(torch.stack(hs), torch.stack(cs), vector, state.memory, state.keys, state.mask)
         return w.output(vector), new_state, weights[:, 0]

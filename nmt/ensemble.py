@@ -25,8 +25,8 @@ from nmt.tokenizer import Tokenizer
 class EnsembleState:
     states: list  # one DecoderState per member
 
-    def select(self, index: torch.Tensor, same_sources: bool = False) -> "EnsembleState":
-        return EnsembleState([s.select(index, same_sources) for s in self.states])
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> "EnsembleState":
+        return EnsembleState([s.select(rows, sources) for s in self.states])
 
 
 class Ensemble:

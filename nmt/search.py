@@ -2,7 +2,8 @@
 
 A decoder here is an object with `encode(src, src_lens) -> state` and
 `step(prev (N,), state) -> (log-probabilities (N, V), state, attention (N, S))`, whose state has
-`select(index, same_sources)` (rows `index`; `same_sources` promises each row comes from its own sentence).
+`select(rows, sources=None)`: hypotheses `rows` of sentences `sources`, or of the same sentences for None
+(beam search keeps each sentence's hypotheses in consecutive rows).
 `Seq2Seq` is one; an ensemble is another.
 
 Beam search keeps the whole batch in one tensor program: `batch * beam` rows decode together, every step picks
@@ -95,8 +96,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     tokens = torch.full((batch, longest), PAD, dtype=torch.long, device=device)  # (B, longest)
     for t in range(longest):
         logp, state, _ = model.step(prev, state)  # (n, V)
-        best, prev = top_k(_constrain(logp, t, row_max, first_forced), 1)  # (n, 1) each
-        best, prev = best.squeeze(1), prev.squeeze(1)  # (n,)
+        best, prev = _constrain(logp, t, row_max, first_forced).max(dim=1)  # (n,) each
         scores.index_add_(0, rows, best)
         tokens[rows, t] = prev
         ended = prev == EOS  # (n,)
@@ -105,7 +105,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
                 break
             keep = (~ended).nonzero().squeeze(1)  # (n',)
             rows, prev, row_max = rows[keep], prev[keep], row_max[keep]
-            state = state.select(keep)
+            state = state.select(keep, keep)
     return [Hypothesis(_strip(row), float(s)) for row, s in zip(tokens.tolist(), scores.tolist())]
 
 
@@ -129,7 +129,7 @@ def beam_search(
 
     state = model.encode(src, src_lens)
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,) each sentence K times
-    state = state.select(rows)
+    state = state.select(rows)  # K hypotheses per sentence, sharing its encoder outputs
     row_max = max_lens[rows]  # (B*K,)
     bound_penalty = length_penalty(max_lens.float() + 1, alpha)  # (B,) penalty at the longest length
 
@@ -188,9 +188,9 @@ def beam_search(
             active, scores = active[keep_sent], scores[keep_sent]
             tokens, prev, row_max = tokens[keep_rows], prev[keep_rows], row_max[keep_rows]
             flat_origin = flat_origin.view(n, k)[keep_sent].view(-1)
-            state = state.select(flat_origin)
+            state = state.select(flat_origin, keep_sent)
         else:  # the same sentences, hypotheses reordered within each: the source side stays as it is
-            state = state.select(flat_origin, same_sources=True)
+            state = state.select(flat_origin)
 
     out_scores = fin_scores[:, :n_best].tolist()
     out_tokens = fin_tokens[:, :n_best].tolist()

@@ -42,8 +42,11 @@ def test_shapes(variant):
     assert torch.allclose(logp.exp().sum(-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(attn.sum(-1), torch.ones(3), atol=1e-5)
     assert (attn[1, 3:] == 0).all()  # no attention on source padding (sentence 2 has 3 real tokens)
-    selected = state2.select(torch.tensor([2, 2, 0, 1]))
+    rows = torch.tensor([2, 2, 0, 1])
+    selected = state2.select(rows, rows)  # each row its own sentence
     assert selected.h.shape[1] == selected.memory.shape[0] == selected.feed.shape[0] == 4
+    shared = state2.select(torch.tensor([0, 0, 1, 1, 2, 2]))  # two hypotheses per sentence, one memory each
+    assert shared.h.shape[1] == shared.feed.shape[0] == 6 and shared.memory.shape[0] == 3
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -120,6 +123,24 @@ def test_decoding_step_equals_teacher_forcing(variant):
     forced, stepped = teacher_forced_and_stepped(model, make_batch(SRC, TGT))
     torch.testing.assert_close(stepped, forced)
 
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("training", [False, True])
+def test_hypotheses_sharing_a_memory_step_as_with_their_own_copy(variant, training):
+    """K hypotheses per sentence over one copy of its encoder outputs (beam search's layout) give what each
+    hypothesis gets over its own copy, in the decoding step and in the training path (dropout off)."""
+    model = tiny_model(**{**variant, "dropout": 0.0, "emb_dropout": 0.0}).train(training)
+    batch = make_batch(SRC, TGT)
+    rows = torch.arange(3).repeat_interleave(4)  # (12,) four hypotheses per sentence
+    prev = torch.tensor([2, 5, 6, 7, 2, 8, 9, 10, 2, 4, 5, 6])  # (12,) a different last token per row
+    with torch.no_grad():
+        state = model.encode(batch.src, batch.src_lens)
+        shared = model.step(prev, state.select(rows))
+        copied = model.step(prev, state.select(rows, rows))
+        assert shared[1].memory.size(0) == 3 and copied[1].memory.size(0) == 12
+        for a, b in zip((shared[0], shared[1].h, shared[1].c, shared[1].feed, shared[2]),
+                        (copied[0], copied[1].h, copied[1].c, copied[1].feed, copied[2])):
+            torch.testing.assert_close(a, b)
 
 def test_decoding_follows_weight_updates():
     """The decoder's step layout is rebuilt when training changes a weight in place."""

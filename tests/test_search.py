@@ -65,8 +65,8 @@ class BigramState:
     def __init__(self, n: int):
         self.n = n
 
-    def select(self, index: torch.Tensor, same_sources: bool = False) -> "BigramState":
-        return BigramState(len(index))
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> "BigramState":
+        return BigramState(len(rows))
 
 
 class Bigram:
