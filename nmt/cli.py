@@ -348,4 +348,20 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): not an error of ours, and no traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    if argv is None and args.command in ("translate", "evaluate"):
+        _exit_now()
     return 0
+
+
+def _exit_now() -> None:
+    """End a finished command-line process at once: its outputs are written (files closed and renamed) and
+    flushed here, and what is left is the interpreter's teardown of torch's modules, which took 0.6 to 0.7 s on
+    2 cores (`python -c "import torch"` 2.7-2.9 s, the same ending in os._exit 2.0-2.2 s): a sixth of a whole
+    greedy translation of 1,000 sentences."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os._exit(141)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
