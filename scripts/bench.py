@@ -2,9 +2,10 @@
 
     python scripts/bench.py [en-de de-en en-fr en-cs] [--reuse] [--out results]
 
-For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory),
-then `nmt evaluate` translates every test set of the config with beam 5 as a whole process (so the speed column
-is what a user gets) and scores it with sacreBLEU. Writes `<out>/bench.json`, `<out>/bench.md` (a Markdown
+For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory).
+The length penalty is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and
+`nmt evaluate` translates every test set of the config with it as a whole process (so the speed column is what a
+user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes `<out>/bench.json`, `<out>/bench.md` (a Markdown
 table) and `<out>/valid_bleu.png` (validation BLEU against training minutes, every run). Directions not
 benchmarked this time keep their earlier rows, so `make bench BENCH=en-de` refreshes one direction only.
 
@@ -30,6 +31,7 @@ from nmt.plot import read_metrics  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 BEAM = 5
+LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)  # GNMT alpha, chosen on the validation set
 
 
 def nmt(*args: str) -> None:
@@ -42,7 +44,8 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def finished(run_dir: Path, config: Path) -> bool:
-    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary sizes aside)."""
+    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary sizes and
+    decoding settings aside)."""
     saved = run_dir / "config.yaml"
     if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
         return False
@@ -53,7 +56,28 @@ def finished(run_dir: Path, config: Path) -> bool:
         cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0)
         cfg["train"]["precision"] = "auto"  # a run records the precision `auto` resolved to
         cfg["data"]["spm_sentences"] = 0  # only used to train SentencePiece, which a rerun takes from the run dir
+        del cfg["decode"]  # decoding settings do not change the trained model
     return ours == theirs
+
+
+def evaluate(model: Path, src: Path, ref: Path, alpha: float, json_path: Path) -> tuple[dict, float]:
+    """`nmt evaluate` as a whole process, beam 5: its scores and its wall-clock seconds."""
+    start = time.perf_counter()
+    nmt("-q", "evaluate", "-m", str(model), "--beam", str(BEAM), "--length-penalty", str(alpha),
+        "--src", str(src), "--ref", str(ref), "--json", str(json_path))
+    seconds = time.perf_counter() - start
+    result = json.loads(json_path.read_text(encoding="utf-8"))
+    json_path.unlink()
+    return result, seconds
+
+
+def choose_length_penalty(model: Path, cfg, out: Path) -> tuple[float, dict[str, float]]:
+    """The length penalty with the best validation BLEU (the smallest of equals), and every one's BLEU."""
+    valid = [corpus_file(str(ROOT / cfg.data.valid), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang)]
+    bleu = {alpha: evaluate(model, *valid, alpha, out / "valid.json")[0]["bleu"] for alpha in LENGTH_PENALTIES}
+    best = max(LENGTH_PENALTIES, key=lambda alpha: (bleu[alpha], -alpha))
+    print(f"validation BLEU by length penalty: {bleu}; chosen {best}", flush=True)
+    return best, {str(alpha): b for alpha, b in bleu.items()}
 
 
 def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
@@ -65,22 +89,18 @@ def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
     else:
         nmt("train", str(config))
     done = next(r for r in records(run_dir) if r["type"] == "done")
+    model = run_dir / "best.safetensors"
+    alpha, valid_bleu = choose_length_penalty(model, cfg, out)
     rows = []
     for prefix in cfg.data.test:
-        scores = out / f"{direction}.{Path(prefix).name}.json"
-        src = str(corpus_file(str(ROOT / prefix), cfg.data.src_lang))
-        start = time.perf_counter()
-        nmt("-q", "evaluate", "-m", str(run_dir / "best.safetensors"), "--beam", str(BEAM),
-            "--length-penalty", str(cfg.decode.length_penalty), "--src", src,
-            "--ref", str(corpus_file(str(ROOT / prefix), cfg.data.tgt_lang)), "--json", str(scores))
-        seconds = time.perf_counter() - start
-        result = json.loads(scores.read_text(encoding="utf-8"))
-        scores.unlink()
-        n = len(read_text_lines(src))
+        src, ref = (corpus_file(str(ROOT / prefix), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang))
+        result, seconds = evaluate(model, src, ref, alpha, out / f"{direction}.{Path(prefix).name}.json")
+        n = len(read_text_lines(str(src)))
         rows.append({
             "direction": direction, "test_set": Path(prefix).name, "bleu": result["bleu"], "chrf": result["chrf"],
             "signature": result["bleu_signature"], "minutes": done["minutes"], "steps": done["step"],
             "parameters": done["parameters"], "translate_sent_per_s": round(n / seconds, 1),
+            "length_penalty": alpha, "valid_bleu_by_length_penalty": valid_bleu,
             "best_valid_bleu": done["best_valid_bleu"],
             "curve": [(r["minutes"], r["valid_bleu"]) for r in records(run_dir) if r["type"] == "valid"],
         })
@@ -89,12 +109,13 @@ def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
 
 def write_table(rows: list[dict], path: Path) -> None:
     lines = [
-        "| direction | test set | BLEU | chrF2 | training minutes | steps | parameters | translate (beam 5), sentences/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| direction | test set | BLEU | chrF2 | length penalty (chosen on val) | training minutes | steps | parameters "
+        "| translate (beam 5), sentences/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['minutes']:.1f} "
-                     f"| {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |")
+        lines.append(f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['length_penalty']:g} "
+                     f"| {r['minutes']:.1f} | {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |")
     signatures = sorted({r["signature"] for r in rows})
     lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
               "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included."]
