@@ -4,10 +4,11 @@
 
 For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory).
 The length penalty is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and
-`nmt evaluate` translates every test set of the config with it as a whole process (so the speed column is what a
-user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes `<out>/bench.json`, `<out>/bench.md` (a Markdown
-table) and `<out>/valid_bleu.png` (validation BLEU against training minutes, every run). Directions not
-benchmarked this time keep their earlier rows, so `make bench BENCH=en-de` refreshes one direction only.
+`nmt evaluate` translates every test set of the config with it as a whole process (so the speed column is what
+a user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes `<out>/bench.json`,
+`<out>/bench.md` (a Markdown table) and `<out>/valid_bleu.png` (validation BLEU against training minutes, every
+run). Directions not benchmarked this time keep their earlier rows, so `make bench BENCH=en-de` refreshes one
+direction only.
 
 `--reuse` skips training where the run directory already holds a finished run of the same config.
 """
