@@ -7,9 +7,10 @@ A decoder here is an object with `encode(src, src_lens) -> state` and
 `Seq2Seq` is one; an ensemble is another.
 
 Beam search keeps the whole batch in one tensor program: `batch * beam` rows decode together, every step picks
-the 2K best extensions of each sentence (from the 2K best of each hypothesis, found with `top_k`), moves those that end in EOS among the top K into a per-sentence
-buffer of finished hypotheses (scored with the length penalty), continues with the K best that do not, and
-drops sentences from the batch once they are done. There is no Python loop over sentences or hypotheses.
+the 2K best extensions of each sentence (from the 2K best of each hypothesis, found with `top_k`), moves those
+that end in EOS among the top K into a per-sentence buffer of finished hypotheses (scored with the length
+penalty), continues with the K best that do not, and drops sentences from the batch once they are done. There
+is no Python loop over sentences or hypotheses.
 """
 
 from __future__ import annotations
