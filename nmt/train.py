@@ -318,21 +318,24 @@ def _train(
             "rng": torch.get_rng_state(), "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
         })
 
-    last_validation = [0.0]  # seconds the latest validation took: the final one must fit in the budget too
+    # Seconds the longest validation took, with its saving and plotting: the final one must fit in the budget too.
+    longest_validation = [0.0]
 
     def run_validation() -> bool:
         """Validate on rank 0 (the replicas are equal); every rank takes its outcome. True when patience ran out."""
-        stop = validate_and_keep() if world.main else None
-        stop, state, last_validation[0] = world.broadcast((stop, asdict(progress), last_validation[0]))
+        stop = None
+        if world.main:
+            began = time.monotonic()
+            stop = validate_and_keep()
+            longest_validation[0] = max(longest_validation[0], time.monotonic() - began)
+        stop, state, longest_validation[0] = world.broadcast((stop, asdict(progress), longest_validation[0]))
         for key in ("best_bleu", "bad_validations", "plateau_validations", "lr_scale"):
             setattr(progress, key, state[key])
         return stop
 
     def validate_and_keep() -> bool:
         """Validate, keep the best model, adjust the learning rate; True when patience has run out."""
-        began = time.monotonic()
         scores = validate(model, tok, cfg, valid_ds, valid_text, device)
-        last_validation[0] = time.monotonic() - began
         improved = scores["valid_bleu"] > progress.best_bleu
         if improved:
             progress.best_bleu, progress.bad_validations, progress.plateau_validations = scores["valid_bleu"], 0, 0
@@ -360,7 +363,7 @@ def _train(
     def out_of_budget() -> bool:
         return (
             (t.max_steps and progress.step >= t.max_steps)
-            or (t.time_budget_min and elapsed() + last_validation[0] >= t.time_budget_min * 60)
+            or (t.time_budget_min and elapsed() + longest_validation[0] >= t.time_budget_min * 60)
             or (t.max_epochs and progress.epoch >= t.max_epochs)
         )
 

@@ -68,6 +68,7 @@ def test_time_budget_includes_the_final_validation(tmp_path):
     train(cfg)
     done = next(r for r in records(tmp_path) if r["type"] == "done")
     assert done["step"] > 10  # it trained, validating on the way
-    # Stopped early enough that the last validation (timed by the one before) ended inside the budget; the
-    # allowance covers one step and the variation between two validations of a tiny model.
-    assert done["minutes"] <= budget + 0.02
+    # Stopped early enough that the last validation (forecast by the longest before it, saving and plotting
+    # included) ended inside the budget. The allowance (1.8 s) covers one step, the rounding of `minutes` and
+    # a final validation slower than the earlier ones: a model that has learnt more writes longer outputs.
+    assert done["minutes"] <= budget + 0.03
