@@ -32,7 +32,7 @@ from nmt.plot import read_metrics  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 BEAM = 5
-LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)  # GNMT alpha, chosen on the validation set
+LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)  # GNMT alpha, chosen on the validation set
 
 
 def nmt(*args: str) -> None:
