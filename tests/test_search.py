@@ -1,4 +1,4 @@
-"""Search invariants: beam 1 is greedy, a wide enough beam is exhaustive search, a hand-worked beam, batching."""
+"""Search invariants: beam 1 is greedy, a wide enough beam is exhaustive search, a hand-worked beam, batching,\nbatches side by side."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import torch
 
 from conftest import VARIANTS, tiny_model
 from nmt.batch import source_tensors
+from nmt.config import DecodeConfig
 from nmt.search import beam_search, greedy, length_penalty, top_k
 from nmt.tokenizer import BOS, EOS, PAD, UNK
+from nmt.translate import translate_ids
 
 SOURCES = [[4, 5, 6, 7, 8, 9], [10], [11, 12, 4], [5, 5, 5, 6]]
 
@@ -125,6 +127,22 @@ def test_batched_beam_equals_sentence_by_sentence(variant):
         (alone,) = beam_search(model, alone_src, alone_lens, beam=4, alpha=1.0, max_len_ratio=1.5, max_len_offset=4, n_best=2)
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+@pytest.mark.parametrize("beam, precision", [(1, "fp32"), (3, "int8")])
+def test_batches_side_by_side_equal_one_at_a_time(beam, precision):
+    # translate_ids decodes batches on the CPU's threads side by side: the same output as one batch after another,
+    # in input order, and torch's thread count is back as it was.
+    model = tiny_model(seed=11).eval().set_precision(precision)
+    generator = torch.Generator().manual_seed(0)
+    src_ids = [torch.randint(4, 13, (int(n),), generator=generator).tolist() for n in torch.randint(0, 9, (40,), generator=generator)]
+    opts = DecodeConfig(beam=beam, batch_size=3, max_len_offset=4)
+    torch.set_num_threads(1)
+    one_at_a_time = translate_ids(model, src_ids, opts)
+    torch.set_num_threads(2)
+    assert translate_ids(model, src_ids, opts) == one_at_a_time
+    assert torch.get_num_threads() == 2
+    assert all(out == [] for ids, out in zip(src_ids, one_at_a_time) if ids == [])  # empty in, empty out, in place
 
 
 def test_search_never_emits_pad_or_bos():
