@@ -97,7 +97,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     tokens = torch.full((batch, longest), PAD, dtype=torch.long, device=device)  # (B, longest)
     for t in range(longest):
         logp, state, _ = model.step(prev, state)  # (n, V)
-        best, prev = _constrain(logp, t, row_max, first_forced).max(dim=1)  # (n,) each
+        best, prev = (x.squeeze(1) for x in top_k(_constrain(logp, t, row_max, first_forced), 1))  # (n,) each
         scores.index_add_(0, rows, best)
         tokens[rows, t] = prev
         ended = prev == EOS  # (n,)
