@@ -1,6 +1,14 @@
-"""Token embeddings + bidirectional multi-layer LSTM over packed, variable-length batches."""
+"""Token embeddings + bidirectional multi-layer LSTM over packed, variable-length batches.
+
+For decoding, `precision` bf16 runs the LSTM under bf16 autocast and int8 runs a dynamically quantized copy of
+it (torch's int8 LSTM, weights quantized once); the outputs are fp32 either way. Training leaves it at fp32 (its
+own autocast, if any, applies as usual).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 from torch import nn
@@ -20,6 +28,18 @@ class Encoder(nn.Module):
         )
         self.out_dropout = nn.Dropout(dropout)
         self.output_size = 2 * hidden
+        self.precision = "fp32"  # of decoding: fp32, bf16 or int8
+        self._int8_cache: tuple | None = None  # (weights' versions, the quantized LSTM)
+
+    def _int8_rnn(self) -> nn.Module:
+        """A dynamically quantized copy of the LSTM, rebuilt when a weight changed."""
+        key = tuple((p.data_ptr(), p._version) for p in self.rnn.parameters())
+        if self._int8_cache is None or self._int8_cache[0] != key:
+            with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; its int8 LSTM needs them
+                warnings.simplefilter("ignore")
+                quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(self.rnn), {nn.LSTM}, dtype=torch.qint8)
+            self._int8_cache = (key, quantized[0])
+        return self._int8_cache[1]
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor
@@ -29,8 +49,13 @@ class Encoder(nn.Module):
         states of each layer side by side, taken at each sentence's own last token."""
         emb = self.emb_dropout(self.embed(src))  # (B, S, E)
         packed = pack_padded_sequence(emb, src_lens, batch_first=True, enforce_sorted=False)
-        out, (h, c) = self.rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order
+        rnn = self._int8_rnn() if self.precision == "int8" else self.rnn
+        bf16 = torch.autocast(src.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        with bf16:
+            out, (h, c) = rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2H)
+        if self.precision == "bf16":
+            out, h, c = out.float(), h.float(), c.float()
         layers, batch = h.size(0) // 2, h.size(1)
         # (layers*2, B, H) → (layers, 2, B, H) → (layers, B, 2, H) → (layers, B, 2H)
         h = h.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)

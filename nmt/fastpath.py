@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 PRECISIONS = ("fp32", "bf16", "int8")
+ROWS = 32  # bf16 and int8 matrix multiplies pad their rows to a multiple of this
 
 
 class FrozenLinear:
@@ -45,13 +46,19 @@ class FrozenLinear:
             self.weight, self.bias = weight, bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in) fp32 → (N, out) fp32."""
+        """x (N, in) fp32 → (N, out) fp32, a new tensor."""
+        if self.precision == "fp32":
+            return F.linear(x, self.weight, self.bias)
+        # oneDNN builds and caches a kernel for each shape it meets: rows padded to a multiple of ROWS meet few.
+        n = x.size(0)
+        x = F.pad(x, (0, 0, 0, -n % ROWS))
         if self.precision == "int8":
-            return torch.ops.quantized.linear_dynamic(x.contiguous(), self.packed)
-        if self.precision == "bf16":
+            y = torch.ops.quantized.linear_dynamic(x, self.packed)
+        else:
             y = F.linear(x.bfloat16(), self.weight).float()
-            return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight, self.bias)
+            if self.bias is not None:
+                y.add_(self.bias)
+        return y[:n]
 
 
 @dataclass

@@ -77,17 +77,18 @@ class Seq2Seq(nn.Module):
         if self.training:  # with dropout, through the training path
             vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
             logits, weights = self.decoder.logits(vectors[:, 0]), weights[:, 0]
-        else:
-            logits, state, weights = self.decoder.step(prev, state)
-        return torch.log_softmax(logits.float(), dim=-1), state, weights
+            return torch.log_softmax(logits.float(), dim=-1), state, weights
+        logits, state, weights = self.decoder.step(prev, state)  # logits fp32, new: overwritten in place
+        return torch.log_softmax(logits, dim=-1, out=logits), state, weights
 
     def set_precision(self, precision: str) -> "Seq2Seq":
-        """The precision of decoding's matrix multiplies: fp32, bf16 or int8 (dynamic, CPU only); see nmt.fastpath."""
+        """The precision of decoding's matrix multiplies: fp32, bf16 or int8 (dynamic, CPU only); see nmt.fastpath
+        for the decoder and nmt.encoder for the encoder."""
         if precision not in PRECISIONS:
             raise NMTError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
         if precision == "int8" and self.decoder.embed.weight.device.type != "cpu":
             raise NMTError("precision int8: torch's dynamic int8 kernels run on the CPU only; use bf16 on a GPU")
-        self.decoder.precision = precision
+        self.encoder.precision = self.decoder.precision = precision
         return self
 
     def num_parameters(self) -> int:

@@ -166,6 +166,23 @@ def test_lower_precision_decoding_stays_close(variant, precision, tolerance):
     assert (approx - exact).abs().max() < tolerance
 
 
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
+def test_lower_precision_encoder_stays_close_and_follows_weight_updates(precision, tolerance):
+    model = tiny_model().eval()
+    batch = make_batch(SRC, TGT)
+    exact = model.encoder(batch.src, batch.src_lens)
+    model.set_precision(precision)
+    for _ in range(2):  # before and after a weight update: the quantized copy is rebuilt
+        approx = model.encoder(batch.src, batch.src_lens)
+        for a, b in zip((approx[0], *approx[1]), (exact[0], *exact[1])):
+            assert a.dtype == torch.float32 and not torch.equal(a, b) and (a - b).abs().max() < tolerance
+        with torch.no_grad():
+            model.encoder.rnn.weight_hh_l0.mul_(0.5)
+        model.set_precision("fp32")
+        exact = model.encoder(batch.src, batch.src_lens)
+        model.set_precision(precision)
+
+
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(NMTError, match="precision 'fp8'"):
         tiny_model().set_precision("fp8")
