@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--out", default="results", type=Path)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to measure a GPU (int8 is CPU-only, so skipped)")
     parser.add_argument("--train-minutes", type=float, default=10,
                         help="without a trained run: train the default config this long first (runs/bench-speed)")
