@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nmt.attention import Attention
-from nmt.fastpath import StepWeights, lstm_cell, step_weights
+from nmt.fastpath import StepWeights, lstm_cell, step_weights, weights_key
 from nmt.tokenizer import PAD
 
 
@@ -132,7 +132,7 @@ class Decoder(nn.Module):
 
     def _step_weights(self) -> StepWeights:
         """The step layout of the current weights, rebuilt when a weight changed (training) or moved."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.precision,)
+        key = weights_key(self) + (self.precision,)
         if self._step_cache is None or self._step_cache[0] != key:
             self._step_cache = (key, step_weights(self, self.precision))
         return self._step_cache[1]

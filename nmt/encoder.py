@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.fastpath import weights_key
+
 from nmt.tokenizer import PAD
 
 
@@ -33,7 +35,7 @@ class Encoder(nn.Module):
 
     def _int8_rnn(self) -> nn.Module:
         """A dynamically quantized copy of the LSTM, rebuilt when a weight changed."""
-        key = tuple((p.data_ptr(), p._version) for p in self.rnn.parameters())
+        key = weights_key(self.rnn)
         if self._int8_cache is None or self._int8_cache[0] != key:
             with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; its int8 LSTM needs them
                 warnings.simplefilter("ignore")

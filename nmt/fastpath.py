@@ -26,6 +26,12 @@ PRECISIONS = ("fp32", "bf16", "int8")
 ROWS = 32  # bf16 and int8 matrix multiplies pad their rows to a multiple of this
 
 
+def weights_key(module: torch.nn.Module) -> tuple:
+    """Changes whenever one of the module's weights is replaced, moved or updated in place: the key of a cache of
+    something computed from them."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+
+
 class FrozenLinear:
     """y = x Wᵀ + b for inference: fp32, bf16 weights (fp32 in and out), or dynamic int8 (weights quantized per
     output channel once, activations per call)."""
@@ -53,7 +59,7 @@ class FrozenLinear:
         n = x.size(0)
         x = F.pad(x, (0, 0, 0, -n % ROWS))
         if self.precision == "int8":
-            y = torch.ops.quantized.linear_dynamic(x, self.packed)
+            y = torch.ops.quantized.linear_dynamic(x.contiguous(), self.packed)
         else:
             y = F.linear(x.bfloat16(), self.weight).float()
             if self.bias is not None:

@@ -47,6 +47,7 @@ def translate_ids(
         )
 
     threads = torch.get_num_threads()
+    # Side by side needs two batches after the first, which runs alone.
     if torch.device(device).type != "cpu" or threads == 1 or len(batches) < 3:
         results = [run(chunk) for chunk in batches]
     else:
