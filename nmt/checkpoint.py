@@ -107,7 +107,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Se
         raise NMTError(f"{path}: corrupted model file metadata ({e})") from None
     except NMTError as e:
         raise NMTError(f"{path}: corrupted model file ({e})") from None
-    model = Seq2Seq(cfg)
+    model = Seq2Seq(cfg, init=False)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -25,7 +25,9 @@ from nmt import multi30k
 from nmt.batch import Batch, make_batch
 from nmt.config import DataConfig
 from nmt.errors import NMTError
-from nmt.tokenizer import Tokenizer
+from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
+
+SPECIALS = [PAD, UNK, BOS, EOS]
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -255,6 +257,16 @@ def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     `ds["src_len"]`, took minutes for a corpus of a million pairs)."""
     table = ds.select_columns(["src_len", "tgt_len"]).with_format("arrow")[:]
     return table.column("src_len").to_numpy(), table.column("tgt_len").to_numpy()
+
+
+def target_pieces(ds: datasets.Dataset) -> torch.Tensor:
+    """(V_out,) the sorted ids of the pieces in the `tgt_ids` column, with PAD, UNK, BOS and EOS (the lowest ids)
+    whether they occur or not: the rows of an output layer over the pieces the training targets have."""
+    import pyarrow.compute as pc
+
+    column = ds.select_columns(["tgt_ids"]).with_format("arrow")[:].column("tgt_ids")
+    seen = pc.unique(pc.list_flatten(column)).to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.union1d(seen, SPECIALS).astype(np.int64))
 
 
 def collate(ds: datasets.Dataset, indices: np.ndarray) -> Batch:

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from nmt.attention import Attention
 from nmt.fastpath import StepWeights, lstm_cell, step_weights, weights_key
-from nmt.tokenizer import PAD
+from nmt.tokenizer import PAD, UNK
 
 
 @dataclass
@@ -51,8 +51,10 @@ class DecoderState:
 class Decoder(nn.Module):
     def __init__(
         self, vocab_size: int, emb_size: int, hidden: int, layers: int, memory_size: int, attention: str,
-        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool,
+        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool, out_vocab_size: int = 0,
     ):
+        """`out_vocab_size` > 0: the output layer has that many rows, one per piece of `output_ids` (set by the
+        caller; loading a model file fills it), not one per piece of the vocabulary."""
         super().__init__()
         self.layers, self.hidden, self.input_feeding = layers, hidden, input_feeding
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
@@ -67,13 +69,18 @@ class Decoder(nn.Module):
         # Bridge: the encoder's last-layer final state initialises every decoder layer.
         self.bridge_h = nn.Linear(memory_size, layers * hidden)
         self.bridge_c = nn.Linear(memory_size, layers * hidden)
+        # Column j of the logits is piece output_ids[j] (sorted, so PAD, UNK, BOS and EOS keep their ids as
+        # columns); None: column j is piece j.
+        self.register_buffer("output_ids", torch.arange(out_vocab_size) if out_vocab_size else None)
+        rows = out_vocab_size or vocab_size
         self.tie_embeddings = tie_embeddings
         if tie_embeddings:
-            # Logits = embedding matrix × attentional vector, through a projection when the sizes differ.
+            # Logits = embedding matrix (its output_ids rows) × attentional vector, through a projection when
+            # the sizes differ.
             self.out_proj = nn.Linear(hidden, emb_size, bias=False) if hidden != emb_size else nn.Identity()
-            self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+            self.out_bias = nn.Parameter(torch.zeros(rows))
         else:
-            self.output = nn.Linear(hidden, vocab_size)
+            self.output = nn.Linear(hidden, rows)
         self.precision = "fp32"  # of decoding's matrix multiplies (nmt.fastpath)
         self._step_cache: tuple | None = None  # (weights' versions, precision, StepWeights)
 
@@ -91,11 +98,28 @@ class Decoder(nn.Module):
         keys = self.attention.precompute(memory)
         return DecoderState(bridge(self.bridge_h, final[0]), bridge(self.bridge_c, final[1]), feed, memory, keys, mask)
 
-    def logits(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Attentional vectors (..., H) → logits (..., V)."""
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's matrix (V_out, E) tied or (V_out, H) not."""
+        if not self.tie_embeddings:
+            return self.output.weight
+        return self.embed.weight if self.output_ids is None else self.embed.weight.index_select(0, self.output_ids)
+
+    def logits(self, vectors: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Attentional vectors (..., H) → logits (..., V_out); `weight` is `output_weight()`, given when the caller
+        computes several logits with the same weights."""
+        weight = self.output_weight() if weight is None else weight
         if self.tie_embeddings:
-            return F.linear(self.out_proj(vectors), self.embed.weight, self.out_bias)
-        return self.output(vectors)
+            return F.linear(self.out_proj(vectors), weight, self.out_bias)
+        return F.linear(vectors, weight, self.output.bias)
+
+    def columns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Piece ids (any shape) → their columns in the logits; a piece outside the output vocabulary (unseen in
+        training) gets UNK's."""
+        if self.output_ids is None:
+            return tokens
+        column = torch.full((self.embed.num_embeddings,), UNK, dtype=torch.long, device=tokens.device)
+        column[self.output_ids] = torch.arange(self.output_ids.numel(), device=tokens.device)
+        return column[tokens]
 
     def _context(self, query: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries (N, T, H), N rows of B sentences → contexts (N, T, M), attention weights (N, T, S).
@@ -138,7 +162,7 @@ class Decoder(nn.Module):
         return self._step_cache[1]
 
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """Decoding (eval mode): prev (N,) last tokens → logits (N, V), the next state, attention (N, S).
+        """Decoding (eval mode): prev (N,) last tokens → logits (N, V_out), the next state, attention (N, S).
 
         Same function as `run` on one token, computed with `nmt.fastpath`'s layout."""
         w = self._step_weights()

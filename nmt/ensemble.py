@@ -34,6 +34,7 @@ class Ensemble:
         self.models = models
         # What callers read of a model's config: the input limit every member can take.
         self.cfg = dataclasses.replace(models[0].cfg, max_src_len=min(m.cfg.max_src_len for m in models))
+        self.output_ids = models[0].output_ids  # the same for all (`load_models` checks)
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> EnsembleState:
         return EnsembleState([m.encode(src, src_lens) for m in self.models])
@@ -46,10 +47,14 @@ class Ensemble:
         return logp, EnsembleState([o[1] for o in outs]), attention
 
 
-def _check_compatible(paths: list[Path], toks: list[Tokenizer]) -> None:
-    for path, tok in zip(paths[1:], toks[1:]):
+def _check_compatible(paths: list[Path], toks: list[Tokenizer], models: list[Seq2Seq]) -> None:
+    for path, tok, model in zip(paths[1:], toks[1:], models[1:]):
         if tok.src_proto != toks[0].src_proto or tok.tgt_proto != toks[0].tgt_proto:
             raise NMTError(f"{path}: its SentencePiece model differs from {paths[0]}'s: models must share vocabularies")
+        ours, first = model.output_ids, models[0].output_ids
+        if (ours is None) != (first is None) or (ours is not None and not torch.equal(ours.cpu(), first.cpu())):
+            raise NMTError(f"{path}: its output layer covers other pieces than {paths[0]}'s (trained on other data, "
+                           "or with another model.output_vocab): models must share their output vocabulary")
 
 
 def load_models(paths: list[str | Path], device: torch.device | str = "cpu") -> tuple[Seq2Seq | Ensemble, Tokenizer]:
@@ -57,7 +62,7 @@ def load_models(paths: list[str | Path], device: torch.device | str = "cpu") -> 
     paths = [Path(p) for p in paths]
     loaded = [load_model(p, device) for p in paths]
     models, toks = [m for m, _, _ in loaded], [t for _, t, _ in loaded]
-    _check_compatible(paths, toks)
+    _check_compatible(paths, toks, models)
     return (models[0] if len(models) == 1 else Ensemble(models)), toks[0]
 
 
@@ -65,12 +70,14 @@ def average_models(paths: list[str | Path], output: str | Path) -> None:
     """Write the element-wise mean of the weights of `paths` (same config and vocabulary) to `output`."""
     paths = [Path(p) for p in paths]
     loaded = [load_model(p) for p in paths]
-    _check_compatible(paths, [t for _, t, _ in loaded])
+    _check_compatible(paths, [t for _, t, _ in loaded], [m for m, _, _ in loaded])
     first = loaded[0][0]
     for path, (model, _, _) in zip(paths[1:], loaded[1:]):
         if model.cfg != first.cfg:
             raise NMTError(f"{path}: its model config differs from {paths[0]}'s: only one architecture can be averaged")
     states = [m.state_dict() for m, _, _ in loaded]
-    averaged = {name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype) for name, t in states[0].items()}
+    # Weights are averaged; integer buffers (the output layer's piece ids, equal in all) are taken as they are.
+    averaged = {name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype) if t.is_floating_point() else t
+                for name, t in states[0].items()}
     first.load_state_dict(averaged)
     save_model(output, first, loaded[0][1], {"averaged": [str(p) for p in paths]})

@@ -8,7 +8,7 @@ layout, computed once from the trained weights (and recomputed whenever they cha
   lookup replaces that part of the matrix multiply;
 - each layer's remaining input weights and its recurrent weights side by side, so a step is one matrix multiply
   per layer;
-- the output layer with the tied embedding (and its projection) folded into one (V, H) matrix.
+- the output layer with the tied embedding (and its projection) folded into one (V_out, H) matrix.
 
 The matrix multiplies run in the chosen precision (`FrozenLinear`); the LSTM cell state, the nonlinearities and
 the log-softmax stay in fp32.
@@ -16,6 +16,7 @@ the log-softmax stay in fp32.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
@@ -27,9 +28,9 @@ ROWS = 32  # bf16 and int8 matrix multiplies pad their rows to a multiple of thi
 
 
 def weights_key(module: torch.nn.Module) -> tuple:
-    """Changes whenever one of the module's weights is replaced, moved or updated in place: the key of a cache of
-    something computed from them."""
-    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+    """Changes whenever one of the module's weights or buffers is replaced, moved or updated in place: the key of
+    a cache of something computed from them."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 class FrozenLinear:
@@ -73,7 +74,7 @@ class StepWeights:
     layers: list[FrozenLinear]  # layer l: [input below (feed for l = 0, if any); own h] → 4H gates
     layer_bias: list[torch.Tensor | None]  # (4H,) for layers above 0; None for layer 0 (in the table)
     combine: FrozenLinear  # [h; context] → H
-    output: FrozenLinear  # attentional vector (H) → logits (V)
+    output: FrozenLinear  # attentional vector (H) → logits (V_out)
 
 
 def use_quantized_engine() -> None:
@@ -99,9 +100,9 @@ def step_weights(decoder, precision: str) -> StepWeights:
         layers.append(FrozenLinear(torch.cat([w_ih, w_hh], dim=1), None, precision))
         biases.append(bias)
     if decoder.tie_embeddings:
-        proj = decoder.out_proj
-        out_weight = decoder.embed.weight if isinstance(proj, torch.nn.Identity) else decoder.embed.weight @ proj.weight
-        output = FrozenLinear(out_weight, decoder.out_bias, precision)  # (V, H)
+        proj, out_weight = decoder.out_proj, decoder.output_weight()  # (V_out, E)
+        out_weight = out_weight if isinstance(proj, torch.nn.Identity) else out_weight @ proj.weight
+        output = FrozenLinear(out_weight, decoder.out_bias, precision)  # (V_out, H)
     else:
         output = FrozenLinear(decoder.output.weight, decoder.output.bias, precision)
     combine = FrozenLinear(decoder.combine.weight, decoder.combine.bias, precision)

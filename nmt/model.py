@@ -16,15 +16,28 @@ from nmt.tokenizer import PAD
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, output_ids: torch.Tensor | None = None, init: bool = True):
+        """`output_ids` (cfg.out_vocab_size,): the pieces the output layer covers, sorted, PAD, UNK, BOS and EOS
+        first (see `output_pieces`); left out, they are to be loaded with the weights. `init` False skips the
+        initialisation, for weights about to be loaded (70 ms of a translation's start-up)."""
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout)
         self.decoder = Decoder(
             cfg.tgt_vocab_size, cfg.emb_size, cfg.dec_hidden, cfg.dec_layers, self.encoder.output_size,
-            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings,
+            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings, cfg.out_vocab_size,
         )
-        self.reset_parameters()
+        if output_ids is not None:
+            if self.decoder.output_ids is None or output_ids.shape != self.decoder.output_ids.shape:
+                raise ValueError(f"output_ids: {tuple(output_ids.shape)} pieces for an output layer of {cfg.out_vocab_size}")
+            self.decoder.output_ids.copy_(output_ids)
+        if init:
+            self.reset_parameters()
+
+    @property
+    def output_ids(self) -> torch.Tensor | None:
+        """(V_out,) the piece id of each column of `step`'s log-probabilities; None when column j is piece j."""
+        return self.decoder.output_ids
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
@@ -49,7 +62,8 @@ class Seq2Seq(nn.Module):
         return self.decoder.init_state(memory, final, src != PAD)
 
     def forward(self, batch: Batch, label_smoothing: float | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for `batch.tgt_out`; given `label_smoothing`, the summed loss instead
+        """Teacher-forced logits (B, T, V_out) for `batch.tgt_out` (whose pieces are columns
+        `self.decoder.columns(batch.tgt_out)`); given `label_smoothing`, the summed loss instead
         (`loss_sum`; through `forward`, so that a DistributedDataParallel wrapper sees the call)."""
         if label_smoothing is not None:
             return self.loss_sum(batch, label_smoothing)
@@ -66,14 +80,16 @@ class Seq2Seq(nn.Module):
         state = self.encode(batch.src, batch.src_lens)
         vectors, _, _ = self.decoder.run(batch.tgt_in, state)  # (B, T, H)
         real = batch.tgt_out != PAD  # (B, T)
-        vectors, target = vectors[real], batch.tgt_out[real]  # (N, H), (N,)
+        vectors, target = vectors[real], self.decoder.columns(batch.tgt_out[real])  # (N, H), (N,)
+        weight = self.decoder.output_weight()  # (V_out, E): gathered once, not once per chunk
         return sum(
-            token_loss_sum(self.decoder.logits(v), t, label_smoothing)
+            token_loss_sum(self.decoder.logits(v, weight), t, label_smoothing)
             for v, t in zip(vectors.split(chunk), target.split(chunk))
         )
 
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """prev (N,) last tokens → log-probabilities (N, V) of the next, the new state, attention (N, S)."""
+        """prev (N,) last tokens → log-probabilities (N, V_out) of the next (column j is piece `output_ids[j]`),
+        the new state, attention (N, S)."""
         if self.training:  # with dropout, through the training path
             vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
             logits, weights = self.decoder.logits(vectors[:, 0]), weights[:, 0]

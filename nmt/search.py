@@ -1,9 +1,10 @@
 """Greedy and batched beam search: plain functions over anything with the model's decoding interface.
 
-A decoder here is an object with `encode(src, src_lens) -> state` and
-`step(prev (N,), state) -> (log-probabilities (N, V), state, attention (N, S))`, whose state has
-`select(rows, sources=None)`: hypotheses `rows` of sentences `sources`, or of the same sentences for None
-(beam search keeps each sentence's hypotheses in consecutive rows).
+A decoder here is an object with `encode(src, src_lens) -> state`,
+`step(prev (N,), state) -> (log-probabilities (N, V_out), state, attention (N, S))` and `output_ids`, the piece of
+each log-probability column (None when column j is piece j; either way PAD, BOS and EOS are their own columns),
+whose state has `select(rows, sources=None)`: hypotheses `rows` of sentences `sources`, or of the same
+sentences for None (beam search keeps each sentence's hypotheses in consecutive rows).
 `Seq2Seq` is one; an ensemble is another.
 
 Beam search keeps the whole batch in one tensor program: `batch * beam` rows decode together, every step picks
@@ -26,6 +27,8 @@ NEG_INF = float("-inf")
 
 
 class Searchable(Protocol):
+    output_ids: torch.Tensor | None
+
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> Any: ...
 
     def step(self, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]: ...
@@ -58,6 +61,11 @@ def _constrain(logp: torch.Tensor, t: int, max_lens: torch.Tensor, first_forced:
         logp.masked_fill_(forced, NEG_INF)
         logp[:, EOS] = eos
     return logp
+
+
+def _pieces(model: Searchable, columns: torch.Tensor) -> torch.Tensor:
+    """Columns of the log-probabilities → piece ids."""
+    return columns if model.output_ids is None else model.output_ids[columns]
 
 
 def _strip(tokens: list[int]) -> list[int]:
@@ -98,6 +106,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     for t in range(longest):
         logp, state, _ = model.step(prev, state)  # (n, V)
         best, prev = (x.squeeze(1) for x in top_k(_constrain(logp, t, row_max, first_forced), 1))  # (n,) each
+        prev = _pieces(model, prev)
         scores.index_add_(0, rows, best)
         tokens[rows, t] = prev
         ended = prev == EOS  # (n,)
@@ -149,6 +158,7 @@ def beam_search(
         # The 2K best extensions of each sentence are among the 2K best of each of its hypotheses.
         per_row = min(2 * k, logp.size(1))  # a vocabulary smaller than 2K has fewer
         row_scores, row_words = top_k(_constrain(logp, t, row_max, first_forced), per_row)  # (n*K, 2K)
+        row_words = _pieces(model, row_words)
         candidates = (scores.view(-1, 1) + row_scores).view(n, k * per_row)  # (n, K*2K)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2K), best first
         origin = top_index // per_row  # (n, 2K) which live hypothesis each extends

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from nmt import data
 from nmt.batch import Batch
 from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from nmt.config import Config, DecodeConfig, TrainConfig, save_config
+from nmt.config import Config, DecodeConfig, ModelConfig, TrainConfig, save_config
 from nmt.distributed import World, join, leave
 from nmt.errors import NMTError
 from nmt.metrics import bleu, corpus_scores
@@ -232,6 +232,18 @@ def run_files(run_dir: Path) -> Iterator[MetricsLog]:
         handler.close()
 
 
+def output_pieces(cfg: ModelConfig, train_ds) -> torch.Tensor | None:
+    """The output layer's pieces for `output_vocab: seen` (and `cfg.out_vocab_size` set to their number), or None
+    for `all`."""
+    if cfg.output_vocab == "all":
+        cfg.out_vocab_size = 0
+        return None
+    ids = data.target_pieces(train_ds)
+    cfg.out_vocab_size = ids.numel()
+    log.info("output layer: the %d of %d target pieces that the training data has", ids.numel(), cfg.tgt_vocab_size)
+    return ids
+
+
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train as `cfg` says; return the path of the best model file."""
     start = time.monotonic()
@@ -278,16 +290,16 @@ def _train(
         data.load_text(cfg.data, split)
     tok = tokenizer_for_run(cfg, run_dir, train_text)
     cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = tok.src_vocab_size, tok.tgt_vocab_size
-    if world.main:
-        save_config(cfg, run_dir / "config.yaml")
     train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train")
     valid_ds = data.encode(cfg.data, valid_text, tok, clean=False, name="valid")
+    output_ids = output_pieces(cfg.model, train_ds)
     if world.main:
+        save_config(cfg, run_dir / "config.yaml")
         world.barrier()
     valid_text = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
     src_lens, tgt_lens = data.columns(train_ds)
 
-    model = Seq2Seq(cfg.model).to(device)
+    model = Seq2Seq(cfg.model, output_ids).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     progress = Progress()
     if resume:

@@ -45,16 +45,18 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def finished(run_dir: Path, config: Path) -> bool:
-    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary sizes and
-    decoding settings aside)."""
+    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary and output layer
+    sizes and decoding settings aside)."""
     saved = run_dir / "config.yaml"
     if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
         return False
     if not any(r["type"] == "done" for r in records(run_dir)):
         return False
     ours, theirs = load_config(config).to_dict(), load_config(saved).to_dict()
+    if not theirs["model"]["out_vocab_size"]:  # a run from before `output_vocab` had an output layer over all pieces
+        theirs["model"]["output_vocab"] = "all"
     for cfg in (ours, theirs):
-        cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0)
+        cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0, out_vocab_size=0)
         cfg["train"]["precision"] = "auto"  # a run records the precision `auto` resolved to
         cfg["data"]["spm_sentences"] = 0  # only used to train SentencePiece, which a rerun takes from the run dir
         del cfg["decode"]  # decoding settings do not change the trained model

@@ -5,8 +5,9 @@
 Measures, on the machine it runs on:
 - the fp32 and bf16 matrix-multiply peak (a large square GEMM, best of several);
 - training throughput (target tokens/s over `--steps` steps after `--warmup`) of the run's config, of the same in
-  fp32, and of the benchmark architecture with JoeyNMT's Bahdanau attention and input feeding; each with the
-  fraction of its precision's GEMM peak it reaches (FLOPs estimated as 6 × multiply-adds per token);
+  fp32, of that with an output layer over all pieces (`model.output_vocab: all`), and of the benchmark
+  architecture with JoeyNMT's Bahdanau attention, input feeding and all pieces; each with the fraction of its
+  precision's GEMM peak it reaches (FLOPs estimated as 6 × multiply-adds per token);
 - `nmt translate` of test_2016_flickr as a whole process (start-up and model load included), greedy and beam 5,
   in fp32, bf16 and int8: seconds, sentences/s and peak resident memory, each the median of `--repeats` runs,
   with the BLEU of the output and its cost against fp32.
@@ -70,7 +71,7 @@ def flops_per_target_token(model, src_per_tgt: float) -> float:
     memory = 2 * cfg.enc_hidden
     attention_per_src = memory * cfg.dec_hidden if cfg.attention == "bahdanau" else 2 * cfg.dec_hidden
     combine = (cfg.dec_hidden + memory) * cfg.dec_hidden
-    output = cfg.dec_hidden * cfg.tgt_vocab_size
+    output = cfg.dec_hidden * (cfg.out_vocab_size or cfg.tgt_vocab_size)
     multiply_adds = enc * src_per_tgt + dec + attention_per_src * src_per_tgt + combine + output
     return 6 * multiply_adds
 
@@ -85,7 +86,7 @@ def training_throughput(
 
     from nmt import data
     from nmt.model import Seq2Seq
-    from nmt.train import resolve_precision, tokenizer_for_run, train_step
+    from nmt.train import output_pieces, resolve_precision, tokenizer_for_run, train_step
 
     cfg = load_config(run_dir / "config.yaml")
     cfg.model = dataclasses.replace(cfg.model, **model_overrides)
@@ -95,8 +96,9 @@ def training_throughput(
     ds = data.encode(cfg.data, text, tok, clean=True, name="train")
     src_lens, tgt_lens = data.columns(ds)
     batches = data.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, torch.Generator().manual_seed(0))
+    output_ids = output_pieces(cfg.model, ds)
     torch.manual_seed(0)
-    model = Seq2Seq(cfg.model).to(device).train()
+    model = Seq2Seq(cfg.model, output_ids).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     lr = cfg.train.lr
     tokens = src_tokens = 0
@@ -114,7 +116,7 @@ def training_throughput(
     return {"name": name, "precision": cfg.train.precision, "tokens_per_s": round(tokens / seconds, 1), "steps": steps,
             "batch_tokens": cfg.train.batch_tokens,
             "sentences_per_batch": round(len(ds) / len(batches), 1), "gflops": round(flops / 1e9, 2),
-            "parameters": model.num_parameters()}
+            "parameters": model.num_parameters(), "output_rows": cfg.model.out_vocab_size or cfg.model.tgt_vocab_size}
 
 
 def translate_process(model: Path, src: Path, beam: int, repeats: int, precision: str, device: str) -> dict:
@@ -189,7 +191,9 @@ def main() -> None:
     variants = [  # (name, model config changes, training precision)
         ("default config", {}, "auto"),
         ("default config, fp32", {}, "fp32"),
-        ("Bahdanau attention + input feeding (JoeyNMT's), fp32", {"attention": "bahdanau", "input_feeding": True}, "fp32"),
+        ("output layer over all pieces, fp32", {"output_vocab": "all"}, "fp32"),
+        ("Bahdanau attention + input feeding + all pieces (JoeyNMT's), fp32",
+         {"attention": "bahdanau", "input_feeding": True, "output_vocab": "all"}, "fp32"),
     ]
     result["training"] = [training_throughput(run_dir, args.steps, args.warmup, device, *v) for v in variants]
     for t in result["training"]:
@@ -204,11 +208,12 @@ def main() -> None:
         f"Machine: {machine['cpu']}, {machine['threads']} torch threads, torch {machine['torch']}, device {machine['device']}. "
         f"GEMM peak: fp32 {gemm['fp32']} GFLOP/s, bf16 {gemm['bf16']} GFLOP/s. Model: `{result['model']}`.",
         "",
-        "| training (benchmark architecture) | precision | target tokens/s | GFLOP/s | share of the precision's GEMM peak |",
-        "|---|---|---|---|---|",
+        "| training (benchmark architecture) | precision | output rows | target tokens/s | GFLOP/s | share of the precision's GEMM peak |",
+        "|---|---|---|---|---|---|",
     ]
     for t in result["training"]:
-        lines.append(f"| {t['name']} | {t['precision']} | {t['tokens_per_s']:.0f} | {t['gflops']} | {t['fraction_of_peak']:.1%} |")
+        lines.append(f"| {t['name']} | {t['precision']} | {t['output_rows']:,} | {t['tokens_per_s']:.0f} | {t['gflops']} "
+                     f"| {t['fraction_of_peak']:.1%} |")
     t = result["training"][0]
     lines += [f"\nBatch {t['batch_tokens']} target tokens ≈ {t['sentences_per_batch']} sentences (the quality runs' batch); "
               f"{t['parameters']:,} parameters; {t['steps']} steps after warm-up.", "",

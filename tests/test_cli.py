@@ -24,6 +24,19 @@ def test_training_writes_a_complete_run_directory(trained):
     assert valid[-1]["valid_loss"] < valid[0]["valid_loss"]  # it learned something
 
 
+def test_output_layer_covers_the_training_targets_pieces(trained):
+    from nmt.checkpoint import load_model
+    from nmt.data import read_lines
+
+    model, tok, _ = load_model(trained["model"])
+    targets = list(read_lines(trained["work"] / "toy" / "train.de"))
+    seen = sorted({0, 1, 2, 3} | {i for ids in tok.encode_tgt(targets) for i in ids})
+    assert model.output_ids.tolist() == seen and model.cfg.out_vocab_size == len(seen)
+    assert len(seen) < tok.tgt_vocab_size  # the joint vocabulary's English-only pieces are left out
+    config = yaml.safe_load((trained["run"] / "config.yaml").read_text())
+    assert config["model"]["out_vocab_size"] == len(seen)
+
+
 def test_translate_keeps_lines_order_and_empty_lines(trained):
     lines = ["red dog", "", "big house runs", "   ", "cat", "", "small green woman sleeps"]
     result = nmt("translate", "-m", str(trained["model"]), "--beam", "2", "--batch-size", "2",

@@ -48,13 +48,20 @@ def tokenizers():
     return Tokenizer(one, one), Tokenizer(other, other)
 
 
-def model_for(tok: Tokenizer, seed: int, **cfg):
-    return tiny_model(seed=seed, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
+def model_for(tok: Tokenizer, seed: int, output_ids: list[int] | None = None, **cfg):
+    """A tiny model for `tok`; given `output_ids`, its output layer covers those pieces only."""
+    if output_ids is not None:
+        cfg["out_vocab_size"] = len(output_ids)
+    model = tiny_model(seed=seed, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
+    if output_ids is not None:
+        model.decoder.output_ids.copy_(torch.tensor(output_ids))
+    return model
 
 
-def test_average_is_the_elementwise_mean(tmp_path, tokenizers, capsys):
+@pytest.mark.parametrize("output_ids", [None, [0, 1, 2, 3, 5, 8, 13]])
+def test_average_is_the_elementwise_mean(tmp_path, tokenizers, capsys, output_ids):
     tok = tokenizers[0]
-    m1, m2 = model_for(tok, 1), model_for(tok, 2)
+    m1, m2 = model_for(tok, 1, output_ids), model_for(tok, 2, output_ids)
     save_model(tmp_path / "a.safetensors", m1, tok)
     save_model(tmp_path / "b.safetensors", m2, tok)
     assert main(["average", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "-o", str(tmp_path / "avg.safetensors")]) == 0
@@ -62,7 +69,9 @@ def test_average_is_the_elementwise_mean(tmp_path, tokenizers, capsys):
     assert avg_tok.src_proto == tok.src_proto and len(info["averaged"]) == 2
     s1, s2 = m1.state_dict(), m2.state_dict()
     for name, tensor in averaged.state_dict().items():
-        torch.testing.assert_close(tensor, (s1[name] + s2[name]) / 2, msg=name)
+        torch.testing.assert_close(tensor, (s1[name] + s2[name]) / 2 if tensor.is_floating_point() else s1[name], msg=name)
+    assert (averaged.output_ids is None) == (output_ids is None)
+    assert output_ids is None or averaged.output_ids.tolist() == output_ids  # the pieces, not their mean
 
 
 def test_combining_incompatible_models_fails_clearly(tmp_path, tokenizers):
@@ -72,6 +81,11 @@ def test_combining_incompatible_models_fails_clearly(tmp_path, tokenizers):
     save_model(tmp_path / "c.safetensors", model_for(tok, 1, emb_size=12), tok)
     with pytest.raises(NMTError, match="b.safetensors: its SentencePiece model differs"):
         load_models([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    save_model(tmp_path / "d.safetensors", model_for(tok, 1, [0, 1, 2, 3, 5, 8]), tok)
+    save_model(tmp_path / "e.safetensors", model_for(tok, 1, [0, 1, 2, 3, 5, 9]), tok)
+    for one, two in (("a", "d"), ("d", "e")):
+        with pytest.raises(NMTError, match=f"{two}.safetensors: its output layer covers other pieces than .*{one}"):
+            load_models([tmp_path / f"{one}.safetensors", tmp_path / f"{two}.safetensors"])
     with pytest.raises(NMTError, match="c.safetensors: its model config differs"):
         average_models([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()

@@ -203,3 +203,50 @@ def test_chunked_loss_equals_the_loss_of_the_whole_logits(variant):
         for name, p in model.named_parameters():
             if name in grads:
                 torch.testing.assert_close(p.grad, grads[name], msg=name)
+
+
+SEEN = torch.tensor([0, 1, 2, 3, 4, 6, 7, 9])  # the pieces an output layer of "seen" pieces keeps (5, 8, 10 out)
+
+
+def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
+    """A model whose output layer covers `seen` only, and a full-vocabulary model with the same weights whose output
+    bias is -inf on the other pieces: the second's probabilities are the first's, spread over all columns."""
+    restricted = tiny_model(**variant, out_vocab_size=seen.numel())
+    restricted.decoder.output_ids.copy_(seen)
+    full = tiny_model(**variant)
+    state = restricted.state_dict()
+    del state["decoder.output_ids"]
+    name = "decoder.out_bias" if restricted.cfg.tie_embeddings else "decoder.output.bias"
+    bias = torch.full((full.cfg.tgt_vocab_size,), float("-inf"))
+    bias[seen] = state[name]
+    state[name] = bias
+    if not restricted.cfg.tie_embeddings:  # untied: the full layer's rows of `seen` are the restricted layer's
+        weight = torch.zeros(full.cfg.tgt_vocab_size, restricted.cfg.dec_hidden)
+        weight[seen] = state["decoder.output.weight"]
+        state["decoder.output.weight"] = weight
+    full.load_state_dict(state)
+    return restricted.eval(), full.eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_output_layer_over_seen_pieces_is_the_full_softmax_renormalised(variant, precision):
+    restricted, full = restricted_and_masked(variant)
+    assert restricted.output_ids.tolist() == SEEN.tolist()
+    restricted.set_precision(precision), full.set_precision(precision)
+    batch = make_batch(SRC, TGT)
+    prev = torch.tensor([2, 6, 9])
+    for training in (False, True):  # the step layout of decoding, and the training path
+        restricted.train(training), full.train(training)
+        logp, _, attn = restricted.step(prev, restricted.encode(batch.src, batch.src_lens))
+        full_logp, _, full_attn = full.step(prev, full.encode(batch.src, batch.src_lens))
+        assert logp.shape == (3, SEEN.numel())
+        torch.testing.assert_close(logp, full_logp[:, SEEN])
+        torch.testing.assert_close(attn, full_attn)
+    # Training's loss: targets are mapped to their columns; a piece outside the layer would count as UNK.
+    assert restricted.decoder.columns(torch.tensor([[9, 4, 0], [3, 5, 2]])).tolist() == [[7, 4, 0], [3, 1, 2]]
+    for smoothing in (0.0, 0.1):
+        restricted_loss = restricted(batch, smoothing)
+        masked = full(batch)[..., SEEN]  # (B, T, V_out): what the full model gives the seen pieces
+        expected = token_loss_sum(masked, restricted.decoder.columns(batch.tgt_out), smoothing)
+        torch.testing.assert_close(restricted_loss, expected)

@@ -11,7 +11,7 @@ import torch
 from conftest import VARIANTS, tiny_model
 from nmt.batch import source_tensors
 from nmt.config import DecodeConfig
-from nmt.search import beam_search, greedy, length_penalty, top_k
+from nmt.search import beam_search, decode, greedy, length_penalty, top_k
 from nmt.tokenizer import BOS, EOS, PAD, UNK
 from nmt.translate import translate_ids
 
@@ -75,6 +75,7 @@ class Bigram:
     """Fixed next-token probabilities given the previous token: a search problem worked out by hand below."""
 
     A, B = 4, 5
+    output_ids = None  # column j of the log-probabilities is token j
 
     def __init__(self):
         probs = torch.zeros(6, 6)
@@ -166,3 +167,17 @@ def test_top_k_equals_torch_topk(vocab, k):
     assert torch.equal(index[finite], expected_index[finite])  # random floats: no ties among finite entries
     assert int(index.min()) >= 0 and int(index.max()) < vocab
     assert torch.equal(x.gather(1, index)[finite], values[finite])
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_output_layer_over_seen_pieces_searches_as_the_masked_full_model(beam):
+    from test_model import SEEN, restricted_and_masked
+
+    restricted, full = restricted_and_masked(dict(attention="luong", input_feeding=False, tie_embeddings=True))
+    src, lens = source_tensors([[4, 5, 6, 7, 8], [9, 10], [11, 12, 4], [5]])
+    ours = decode(restricted, src, lens, beam, 1.0, 2.0, 5)
+    theirs = decode(full, src, lens, beam, 1.0, 2.0, 5)
+    assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+    assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
+    assert all(set(h.tokens) <= set(SEEN.tolist()) for h in ours)  # piece ids, not column numbers
+    assert any(t > 4 for h in ours for t in h.tokens)  # columns and ids differ above 4: the mapping is exercised
