@@ -18,7 +18,7 @@ from nmt.tokenizer import PAD
 class Seq2Seq(nn.Module):
     def __init__(self, cfg: ModelConfig, output_ids: torch.Tensor | None = None, init: bool = True):
         """`output_ids` (cfg.out_vocab_size,): the pieces the output layer covers, sorted, PAD, UNK, BOS and EOS
-        first (see `output_pieces`); left out, they are to be loaded with the weights. `init` False skips the
+        first (see `nmt.train.output_pieces`); left out, they are to be loaded with the weights. `init` False skips the
         initialisation, for weights about to be loaded (70 ms of a translation's start-up)."""
         super().__init__()
         self.cfg = cfg

@@ -232,15 +232,23 @@ def run_files(run_dir: Path) -> Iterator[MetricsLog]:
         handler.close()
 
 
-def output_pieces(cfg: ModelConfig, train_ds) -> torch.Tensor | None:
+def output_pieces(cfg: ModelConfig, train_ds, multiple: int = 64) -> torch.Tensor | None:
     """The output layer's pieces for `output_vocab: seen` (and `cfg.out_vocab_size` set to their number), or None
-    for `all`."""
+    for `all`: the target pieces of the training data, made up to a multiple of `multiple` with the unseen pieces
+    of lowest id where the vocabulary has enough. Decoding's top-k works on blocks of 64 columns, and padding the
+    log-probabilities to whole blocks at every step cost more than these few extra rows."""
     if cfg.output_vocab == "all":
         cfg.out_vocab_size = 0
         return None
     ids = data.target_pieces(train_ds)
+    seen, rows = ids.numel(), -(-ids.numel() // multiple) * multiple
+    if rows <= cfg.tgt_vocab_size:
+        unseen = torch.ones(cfg.tgt_vocab_size, dtype=torch.bool)
+        unseen[ids] = False
+        ids = torch.cat([ids, unseen.nonzero().squeeze(1)[: rows - seen]]).sort().values
     cfg.out_vocab_size = ids.numel()
-    log.info("output layer: the %d of %d target pieces that the training data has", ids.numel(), cfg.tgt_vocab_size)
+    log.info("output layer: %d rows, the %d of %d target pieces that the training data has and %d more",
+             ids.numel(), seen, cfg.tgt_vocab_size, ids.numel() - seen)
     return ids
 
 
