@@ -154,7 +154,7 @@ class Decoder(nn.Module):
         new_state = DecoderState(h, c, feed, state.memory, state.keys, state.mask)
         return torch.cat(all_vectors, 1), new_state, torch.cat(all_weights, 1)
 
-    def _step_weights(self) -> StepWeights:
+    def step_layout(self) -> StepWeights:
         """The step layout of the current weights, rebuilt when a weight changed (training) or moved."""
         key = weights_key(self) + (self.precision,)
         if self._step_cache is None or self._step_cache[0] != key:
@@ -164,14 +164,16 @@ class Decoder(nn.Module):
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Decoding (eval mode): prev (N,) last tokens → logits (N, V_out), the next state, attention (N, S).
 
-        Same function as `run` on one token, computed with `nmt.fastpath`'s layout."""
-        w = self._step_weights()
+        Same function as `run` on one token, computed with `nmt.fastpath`'s layout, for `prev` among the output
+        layer's pieces (all that search feeds back; another piece reads UNK's row of the gate table)."""
+        w = self.step_layout()
+        rows = prev if w.row is None else w.row[prev]  # (N,) rows of the gate table
         below = state.feed if self.input_feeding else None  # (N, H) the input beside the embedding
         hs, cs = [], []
         for layer, (linear, bias) in enumerate(zip(w.layers, w.layer_bias)):
             own = state.h[layer]  # (N, H)
             gates = linear(own if below is None else torch.cat([below, own], dim=1))  # (N, 4H)
-            gates = gates + (w.table[prev] if layer == 0 else bias)
+            gates = gates + (w.table[rows] if layer == 0 else bias)
             h, c = lstm_cell(gates, state.c[layer])
             hs.append(h)
             cs.append(c)

@@ -33,7 +33,7 @@ class Encoder(nn.Module):
         self.precision = "fp32"  # of decoding: fp32, bf16 or int8
         self._int8_cache: tuple | None = None  # (weights' versions, the quantized LSTM)
 
-    def _int8_rnn(self) -> nn.Module:
+    def int8_rnn(self) -> nn.Module:
         """A dynamically quantized copy of the LSTM, rebuilt when a weight changed."""
         key = weights_key(self.rnn)
         if self._int8_cache is None or self._int8_cache[0] != key:
@@ -51,7 +51,7 @@ class Encoder(nn.Module):
         states of each layer side by side, taken at each sentence's own last token."""
         emb = self.emb_dropout(self.embed(src))  # (B, S, E)
         packed = pack_padded_sequence(emb, src_lens, batch_first=True, enforce_sorted=False)
-        rnn = self._int8_rnn() if self.precision == "int8" else self.rnn
+        rnn = self.int8_rnn() if self.precision == "int8" else self.rnn
         bf16 = torch.autocast(src.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
         with bf16:
             out, (h, c) = rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order

@@ -36,6 +36,10 @@ class Ensemble:
         self.cfg = dataclasses.replace(models[0].cfg, max_src_len=min(m.cfg.max_src_len for m in models))
         self.output_ids = models[0].output_ids  # the same for all (`load_models` checks)
 
+    def prepare(self) -> None:
+        for m in self.models:
+            m.prepare()
+
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> EnsembleState:
         return EnsembleState([m.encode(src, src_lens) for m in self.models])
 

@@ -4,8 +4,9 @@ Teacher-forced training goes through `nn.LSTM`; decoding calls one step per targ
 fixed cost per call and the re-multiplication of every token's embedding dominate. So decoding uses its own
 layout, computed once from the trained weights (and recomputed whenever they change):
 
-- layer 0's input gates for every vocabulary entry, `embedding @ W_ih[:, :E]ᵀ + biases`, a (V, 4H) table: a row
-  lookup replaces that part of the matrix multiply;
+- layer 0's input gates for every piece the output layer has (the only ones decoding feeds back),
+  `embedding @ W_ih[:, :E]ᵀ + biases`, a (V_out, 4H) table: a row lookup replaces that part of the matrix
+  multiply;
 - each layer's remaining input weights and its recurrent weights side by side, so a step is one matrix multiply
   per layer;
 - the output layer with the tied embedding (and its projection) folded into one (V_out, H) matrix.
@@ -70,7 +71,8 @@ class FrozenLinear:
 
 @dataclass
 class StepWeights:
-    table: torch.Tensor  # (V, 4H) layer 0's gate inputs from each token's embedding, both biases included
+    table: torch.Tensor  # (V_out, 4H) layer 0's gate inputs from each output piece's embedding, both biases included
+    row: torch.Tensor | None  # (V,) each piece's row of `table` (UNK's for pieces outside it); None: its own id
     layers: list[FrozenLinear]  # layer l: [input below (feed for l = 0, if any); own h] → 4H gates
     layer_bias: list[torch.Tensor | None]  # (4H,) for layers above 0; None for layer 0 (in the table)
     combine: FrozenLinear  # [h; context] → H
@@ -95,7 +97,10 @@ def step_weights(decoder, precision: str) -> StepWeights:
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
         bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")  # (4H,)
         if layer == 0:
-            table = F.linear(decoder.embed.weight, w_ih[:, :emb_size], bias)  # (V, 4H)
+            pieces = decoder.embed.weight  # (V, E)
+            if decoder.output_ids is not None:
+                pieces = pieces.index_select(0, decoder.output_ids)  # (V_out, E)
+            table = F.linear(pieces, w_ih[:, :emb_size], bias)  # (V_out, 4H)
             w_ih, bias = w_ih[:, emb_size:], None  # what is left: the input-feeding part, maybe empty
         layers.append(FrozenLinear(torch.cat([w_ih, w_hh], dim=1), None, precision))
         biases.append(bias)
@@ -106,7 +111,8 @@ def step_weights(decoder, precision: str) -> StepWeights:
     else:
         output = FrozenLinear(decoder.output.weight, decoder.output.bias, precision)
     combine = FrozenLinear(decoder.combine.weight, decoder.combine.bias, precision)
-    return StepWeights(table.contiguous(), layers, biases, combine, output)
+    row = None if decoder.output_ids is None else decoder.columns(torch.arange(decoder.embed.num_embeddings, device=table.device))
+    return StepWeights(table.contiguous(), row, layers, biases, combine, output)
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

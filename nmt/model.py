@@ -107,6 +107,13 @@ class Seq2Seq(nn.Module):
         self.encoder.precision = self.decoder.precision = precision
         return self
 
+    def prepare(self) -> None:
+        """Build what decoding computes from the weights once (the decoder's step layout, the int8 encoder) now, so
+        that threads decoding side by side share it rather than race to build it."""
+        self.decoder.step_layout()
+        if self.encoder.precision == "int8":
+            self.encoder.int8_rnn()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -36,9 +36,12 @@ def translate_ids(
     On a CPU with several torch threads, the batches decode side by side, one per thread, each single-threaded:
     a decoding step is many small operations, and splitting each of them across threads costs more in
     synchronisation than it gains, while two batches keep two cores busy (one runs Python while the other runs a
-    kernel). The first batch runs alone, on every thread, and builds the decoder's step weights for all."""
+    kernel). What the threads share (the decoder's step weights, an int8 encoder) is built first, on all of them."""
     out: list[list[int]] = [[] for _ in src_ids]
     batches = list(length_batches(src_ids, opts.batch_size))
+    prepare = getattr(model, "prepare", None)
+    if prepare is not None:
+        prepare()
 
     def run(chunk: list[int]) -> list[Hypothesis]:
         src, src_lens = source_tensors([src_ids[i] for i in chunk])
@@ -47,15 +50,13 @@ def translate_ids(
         )
 
     threads = torch.get_num_threads()
-    # Side by side needs two batches after the first, which runs alone.
-    if torch.device(device).type != "cpu" or threads == 1 or len(batches) < 3:
+    if torch.device(device).type != "cpu" or threads == 1 or len(batches) < 2:
         results = [run(chunk) for chunk in batches]
     else:
-        results = [run(batches[0])]
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(threads) as pool:
-                results += pool.map(run, batches[1:])  # in order
+                results = list(pool.map(run, batches))  # in order
         finally:
             torch.set_num_threads(threads)
     for chunk, hyps in zip(batches, results):
