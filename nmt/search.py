@@ -82,9 +82,11 @@ def top_k(x: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch
         return x.topk(k, dim=1)
     if vocab % block:
         x = torch.nn.functional.pad(x, (0, -vocab % block), value=NEG_INF)
-    blocks = x.view(n, -1, block)  # (N, V / block, block)
-    _, chosen = blocks.amax(dim=2).topk(k, dim=1)  # (N, k) blocks
-    candidates = blocks.gather(1, chosen.unsqueeze(2).expand(n, k, block)).view(n, k * block)  # (N, k * block)
+    per_row = x.size(1) // block
+    _, chosen = x.view(n, per_row, block).amax(dim=2).topk(k, dim=1)  # (N, k) blocks
+    # The chosen blocks as rows of the (N * V / block, block) view: index_select copies them faster than gather.
+    flat = (chosen + torch.arange(0, n * per_row, per_row, device=x.device).unsqueeze(1)).view(-1)  # (N * k,)
+    candidates = x.view(n * per_row, block).index_select(0, flat).view(n, k * block)  # (N, k * block)
     values, where = candidates.topk(k, dim=1)  # (N, k)
     index = chosen.gather(1, where // block) * block + where % block  # (N, k) positions in x
     return values, index.clamp_max(vocab - 1)  # padding is -inf: never above a real entry, but keep ids valid
