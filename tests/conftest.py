@@ -28,9 +28,13 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def tiny_model(seed: int = 0, **overrides) -> Seq2Seq:
+def tiny_model(seed: int = 0, output_ids: list[int] | torch.Tensor | None = None, **overrides) -> Seq2Seq:
+    """A tiny model; given `output_ids`, its output layer covers those pieces only."""
     torch.manual_seed(seed)
-    return Seq2Seq(tiny_config(**overrides))
+    if output_ids is None:
+        return Seq2Seq(tiny_config(**overrides))
+    output_ids = torch.as_tensor(output_ids)
+    return Seq2Seq(tiny_config(**overrides, out_vocab_size=output_ids.numel()), output_ids)
 
 
 # Every architecture variant the config allows, for the tests that must hold for all of them.

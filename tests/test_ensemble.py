@@ -49,13 +49,7 @@ def tokenizers():
 
 
 def model_for(tok: Tokenizer, seed: int, output_ids: list[int] | None = None, **cfg):
-    """A tiny model for `tok`; given `output_ids`, its output layer covers those pieces only."""
-    if output_ids is not None:
-        cfg["out_vocab_size"] = len(output_ids)
-    model = tiny_model(seed=seed, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
-    if output_ids is not None:
-        model.decoder.output_ids.copy_(torch.tensor(output_ids))
-    return model
+    return tiny_model(seed, output_ids, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
 
 
 @pytest.mark.parametrize("output_ids", [None, [0, 1, 2, 3, 5, 8, 13]])

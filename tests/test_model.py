@@ -211,8 +211,7 @@ SEEN = torch.tensor([0, 1, 2, 3, 4, 6, 7, 9])  # the pieces an output layer of "
 def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
     """A model whose output layer covers `seen` only, and a full-vocabulary model with the same weights whose output
     bias is -inf on the other pieces: the second's probabilities are the first's, spread over all columns."""
-    restricted = tiny_model(**variant, out_vocab_size=seen.numel())
-    restricted.decoder.output_ids.copy_(seen)
+    restricted = tiny_model(output_ids=seen, **variant)
     full = tiny_model(**variant)
     state = restricted.state_dict()
     del state["decoder.output_ids"]

@@ -1,4 +1,5 @@
-"""Search invariants: beam 1 is greedy, a wide enough beam is exhaustive search, a hand-worked beam, batching,\nbatches side by side."""
+"""Search invariants: beam 1 is greedy, a wide enough beam is exhaustive search, a hand-worked beam, batching,
+batches side by side."""
 
 from __future__ import annotations
 
