@@ -8,14 +8,12 @@ own autocast, if any, applies as usual).
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt.fastpath import weights_key
-
+from nmt.fastpath import quantizing, weights_key
 from nmt.tokenizer import PAD
 
 
@@ -37,8 +35,7 @@ class Encoder(nn.Module):
         """A dynamically quantized copy of the LSTM, rebuilt when a weight changed."""
         key = weights_key(self.rnn)
         if self._int8_cache is None or self._int8_cache[0] != key:
-            with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; its int8 LSTM needs them
-                warnings.simplefilter("ignore")
+            with quantizing():
                 quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(self.rnn), {nn.LSTM}, dtype=torch.qint8)
             self._int8_cache = (key, quantized[0])
         return self._int8_cache[1]

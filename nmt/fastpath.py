@@ -17,8 +17,10 @@ the log-softmax stay in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,16 @@ from torch.nn import functional as F
 
 PRECISIONS = ("fp32", "bf16", "int8")
 ROWS = 32  # bf16 and int8 matrix multiplies pad their rows to a multiple of this
+
+
+@contextlib.contextmanager
+def quantizing() -> Iterator[None]:
+    """Silences torch's deprecation of its quantized tensors and `torch.ao.quantization`, which its int8 kernels
+    and int8 LSTM still need."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def weights_key(module: torch.nn.Module) -> tuple:
@@ -44,8 +56,7 @@ class FrozenLinear:
         if precision == "int8":
             scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8)
             zero = torch.zeros(weight.size(0), dtype=torch.long)
-            with warnings.catch_warnings():  # torch marks quantized tensors deprecated; its int8 kernels need them
-                warnings.simplefilter("ignore", UserWarning)
+            with quantizing():
                 qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
         elif precision == "bf16":

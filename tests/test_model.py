@@ -155,6 +155,7 @@ def test_decoding_follows_weight_updates():
     torch.testing.assert_close(stepped, forced)
 
 
+@pytest.mark.filterwarnings("error")  # torch's deprecation of quantized tensors does not reach the user
 @pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lower_precision_decoding_stays_close(variant, precision, tolerance):
@@ -166,6 +167,7 @@ def test_lower_precision_decoding_stays_close(variant, precision, tolerance):
     assert (approx - exact).abs().max() < tolerance
 
 
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
 def test_lower_precision_encoder_stays_close_and_follows_weight_updates(precision, tolerance):
     model = tiny_model().eval()
