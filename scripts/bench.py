@@ -145,13 +145,24 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directions", nargs="*", default=DIRECTIONS, choices=DIRECTIONS, metavar="DIRECTION",
+    # Checked by hand: with nargs="*" and no direction given, argparse (3.11) checks the whole empty list
+    # against `choices` and refuses it.
+    parser.add_argument("directions", nargs="*", metavar="DIRECTION",
                         help=f"any of {', '.join(DIRECTIONS)} (default all)")
     parser.add_argument("--reuse", action="store_true", help="use a finished run of the same config instead of training")
     parser.add_argument("--out", default=ROOT / "results", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = [d for d in args.directions if d not in DIRECTIONS]
+    if unknown:
+        parser.error(f"unknown direction {unknown[0]!r} (choose from {', '.join(DIRECTIONS)})")
+    args.directions = args.directions or DIRECTIONS
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out / "bench.json"

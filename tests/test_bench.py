@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import toy_splits
@@ -65,3 +66,12 @@ def test_table_and_plot(tmp_path):
     assert "`nrefs:1|case:mixed`" in lines[-2]
     bench.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_directions_default_to_all_four():
+    """`make bench` passes no direction: that means every config (argparse once refused its own default)."""
+    assert bench.parse_args([]).directions == bench.DIRECTIONS
+    assert bench.parse_args(["--reuse"]).directions == bench.DIRECTIONS
+    assert bench.parse_args(["de-en", "en-cs"]).directions == ["de-en", "en-cs"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["xx-yy"])
