@@ -1,22 +1,23 @@
-"""nmt: compact LSTM neural machine translation (SentencePiece, BiLSTM encoder, attentional LSTM decoder)."""
+"""nmt: compact LSTM neural machine translation (SentencePiece, BiLSTM encoder, attentional LSTM decoder).
 
-import os
+`from nmt import Translator` is the Python API (see `nmt.translate`). Importing `nmt` loads nothing else and
+changes nothing in the process: the Translator is imported on first use.
+"""
 
-_USER_CACHE = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+from __future__ import annotations
 
-
-def kernel_cache(capacity: int) -> None:
-    """Set the number of compiled kernels oneDNN (torch's CPU kernels) keeps, unless the user set it.
-
-    oneDNN caches a compiled primitive per input shape, 1024 by default, and reads this setting when it first
-    needs the cache, so a call before any kernel runs is enough. Training's length-bucketed batches have hundreds
-    of shapes: under bf16 the default kept growing training's memory, past 4.5 GB in half an hour, while 16 kept
-    it at 1.1 GB but trained about 20% slower; 256 is between (1.7 GB after 200 steps), the default set here.
-    Decoding's shapes change at every step (rows leave as sentences end), so it keeps few (`nmt.cli`)."""
-    if _USER_CACHE is None:
-        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
-
-
-kernel_cache(256)
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Translator", "__version__"]
+
+if TYPE_CHECKING:
+    from nmt.translate import Translator
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Translator":
+        from nmt.translate import Translator
+
+        return Translator
+    raise AttributeError(f"module 'nmt' has no attribute {name!r}")

@@ -12,21 +12,20 @@ from pathlib import Path
 
 import torch
 
-from nmt.batch import pad, source_tensors
+from nmt.batch import length_batches, pad, source_tensors
 from nmt.search import Searchable
 from nmt.tokenizer import BOS
-from nmt.translate import length_batches
 
 EOS_LABEL = "</s>"
 WORD_START = "\u2581"  # SentencePiece's ▁: this piece begins a word
 
 
 def attention_weights(
-    model: Searchable, src_ids: list[list[int]], hyp_ids: list[list[int]], device: torch.device | str = "cpu",
-    batch_size: int = 64,
+    model: Searchable, src_ids: list[list[int]], hyp_ids: list[list[int]], batch_size: int = 64
 ) -> list[torch.Tensor | None]:
     """Per sentence, weights (T + 1, S + 1) on the CPU for T target and S source pieces; None for an empty input."""
     out: list[torch.Tensor | None] = [None] * len(src_ids)
+    device = model.device
     with torch.inference_mode():
         for chunk in length_batches(src_ids, batch_size):
             src, src_lens = source_tensors([src_ids[i] for i in chunk])

@@ -7,7 +7,7 @@ only torch, so translation does not pay for the training-side data libraries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -21,6 +21,13 @@ def pad(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tenso
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out
+
+
+def length_batches(src_ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of the non-empty inputs, longest first, `batch_size` at a time: batches with little padding."""
+    order = sorted((i for i, s in enumerate(src_ids) if s), key=lambda i: len(src_ids[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 def source_tensors(src: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

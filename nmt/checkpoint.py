@@ -12,11 +12,9 @@ import base64
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -25,33 +23,13 @@ from safetensors.torch import save_file
 from nmt.config import model_config_from_dict
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
+from nmt.textio import atomic_write
 from nmt.tokenizer import Tokenizer
+from nmt.vocab import OutputVocab
 
 FORMAT = "nmt-model"
-VERSION = 1  # bump when the file layout changes; migrate old files in `load_model` only
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`.
-
-    The folder must exist: a missing one is more often a typo than a wish."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise NMTError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+VERSION = 2  # bump when the file layout changes; migrate old files in `migrate` only
+VOCAB_PIECES = "decoder.vocab.pieces"  # the output vocabulary's pieces (absent: every piece)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -75,12 +53,12 @@ def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str,
     }
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     metadata["sha256"] = tensor_digest(tensors)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict[str, Any]]:
-    """The model (in eval mode), its tokenizer and the info saved with it; NMTError for any bad file."""
-    path = Path(path)
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], int]:
+    """A model file's metadata, tensors (checked against their digest) and layout version."""
     if not path.is_file():
         raise NMTError(f"{path}: model file not found")
     try:
@@ -91,23 +69,37 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Se
         raise NMTError(f"{path}: not an nmt model file, or truncated or corrupted ({e})") from None
     if metadata.get("format") != FORMAT:
         raise NMTError(f"{path}: not an nmt model file (a safetensors file without nmt's metadata)")
-    try:
-        version = int(metadata.get("version", ""))
-    except ValueError:
-        version = -1
-    if version != VERSION:
-        raise NMTError(f"{path}: model file version {metadata.get('version')!r}, this nmt reads version {VERSION}")
+    version = int(metadata["version"]) if metadata.get("version", "").isdigit() else -1
+    if not 1 <= version <= VERSION:
+        raise NMTError(f"{path}: model file version {metadata.get('version')!r}, this nmt reads versions 1 to {VERSION}")
     if metadata.get("sha256") != tensor_digest(tensors):
         raise NMTError(f"{path}: corrupted model file (the weights do not match their checksum)")
+    return metadata, tensors, version
+
+
+def migrate(tensors: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """The weights of a file of layout `version` as this version names them (the one place old files are read).
+    Version 1 kept the output layer's pieces as the decoder's `output_ids` buffer."""
+    if version == 1 and "decoder.output_ids" in tensors:
+        tensors = dict(tensors)
+        tensors[VOCAB_PIECES] = tensors.pop("decoder.output_ids")
+    return tensors
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict[str, Any]]:
+    """The model (in eval mode), its tokenizer and the info saved with it; NMTError for any bad file."""
+    path = Path(path)
+    metadata, tensors, version = _read(path)
+    tensors = migrate(tensors, version)
     try:
         cfg = model_config_from_dict(json.loads(metadata["model_config"]), f"{path}")
         tok = Tokenizer(base64.b64decode(metadata["spm_src"]), base64.b64decode(metadata["spm_tgt"]))
         info = json.loads(metadata.get("info", "{}"))
+        model = Seq2Seq(cfg, OutputVocab(cfg.tgt_vocab_size, tensors.get(VOCAB_PIECES)), init=False)
     except (KeyError, ValueError, TypeError) as e:
         raise NMTError(f"{path}: corrupted model file metadata ({e})") from None
     except NMTError as e:
         raise NMTError(f"{path}: corrupted model file ({e})") from None
-    model = Seq2Seq(cfg, init=False)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -118,7 +110,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Se
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """`state`: tensors, numbers, strings, lists and dicts only, so it loads with weights_only=True."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

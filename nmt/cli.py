@@ -7,7 +7,6 @@ User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C w
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import math
@@ -15,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from nmt import kernel_cache
+from nmt.config import BEAM_BATCH, GREEDY_BATCH, DecodeConfig
 from nmt.errors import NMTError
 
 log = logging.getLogger("nmt")
@@ -59,66 +58,17 @@ def _port(text: str) -> int:
     return value
 
 
-def read_text_lines(path: str | None) -> list[str]:
-    """Lines of a UTF-8 file, gzip-compressed when named .gz (or stdin for None or '-'), without newlines; NMTError names file and line."""
-    name = "<stdin>" if path in (None, "-") else path
-    try:
-        raw = sys.stdin.buffer.read() if path in (None, "-") else Path(path).read_bytes()
-        if str(path).endswith(".gz"):
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise NMTError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise NMTError(f"{name}: is a folder, not a file") from None
-    except (OSError, EOFError) as e:
-        raise NMTError(f"{name}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise NMTError(f"{name}:{line}: not UTF-8 (byte {e.start})") from None
-    # Only \n ends a line: str.splitlines would also split on \r, \x0b, \x1c, U+2028 ... inside a line.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+def _translator(args):
+    """The model(s) of `-m`, loaded as the decoding flags say; the flags left out keep `DecodeConfig`'s
+    defaults."""
+    from nmt.translate import Translator
 
-
-def write_text_lines(path: str | None, lines: list[str]) -> None:
-    """One line per item (newlines inside an item become spaces), to a file or stdout for None or '-'."""
-    write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
-
-
-def write_text(path: str | None, text: str) -> None:
-    if path in (None, "-"):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    from nmt.checkpoint import atomic_write  # written whole, then renamed: no half-written output file
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def _load(args):
-    import torch
-
-    from nmt.ensemble import load_models
-    from nmt.model import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model, tok = load_models(args.model, device)
-    for member in getattr(model, "models", [model]):  # an ensemble's members, or the model
-        member.set_precision(args.precision)
-    return model, tok, device
-
-
-def _decode_options(args):
-    from nmt.config import DecodeConfig
-
-    return DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_ratio=args.max_len_ratio,
-                        max_len_offset=args.max_len_offset, batch_size=args.batch_size)
+    translator = Translator.load(args.model, args.device, args.precision, args.threads)
+    translator.defaults = translator.options(
+        beam=args.beam, length_penalty=args.length_penalty, max_len_ratio=args.max_len_ratio,
+        max_len_offset=args.max_len_offset, batch_size=args.batch_size,
+    )
+    return translator
 
 
 def cmd_data(args) -> None:
@@ -157,46 +107,46 @@ def _check_parent(path: str | None) -> None:
 
 
 def cmd_translate(args) -> None:
-    from nmt.translate import source_ids, translate_ids
+    from nmt.textio import read_lines, write_lines
 
-    lines = read_text_lines(args.input)
+    lines = list(read_lines(args.input))
     for path in (args.output, args.alignments):
         _check_parent(path)
     heatmaps = _output_folder(args.attention) if args.attention else None
-    model, tok, device = _load(args)
-    src_ids = source_ids(tok, lines, model.cfg.max_src_len)
-    hyp_ids = translate_ids(model, src_ids, _decode_options(args), device)
-    write_text_lines(args.output, tok.decode_tgt(hyp_ids))
+    translator = _translator(args)
     if heatmaps is None and args.alignments is None:
+        write_lines(args.output, translator.translate(lines))
         return
-    from nmt.alignment import attention_weights, hard_alignment, heatmap_names, save_heatmap
+    from nmt.alignment import hard_alignment, heatmap_names, save_heatmap
 
-    weights = attention_weights(model, src_ids, hyp_ids, device, args.batch_size)
-    pieces = [(tok.src_pieces(s), tok.tgt_pieces(h)) for s, h in zip(src_ids, hyp_ids)]
+    results = translator.translations(lines, attention=True)
+    write_lines(args.output, [r.text for r in results])
     if args.alignments:
-        write_text_lines(args.alignments, [hard_alignment(w, s, t) if w is not None else "" for w, (s, t) in zip(weights, pieces)])
+        write_lines(args.alignments, [hard_alignment(r.attention, r.source, r.pieces) if r.attention is not None
+                                      else "" for r in results])
     if heatmaps is not None:
-        for name, w, (s, t) in zip(heatmap_names(len(lines)), weights, pieces):
-            save_heatmap(heatmaps / name, w, s, t)
+        for name, r in zip(heatmap_names(len(lines)), results):
+            save_heatmap(heatmaps / name, r.attention, r.source, r.pieces)
         log.info("%d attention heatmaps in %s", len(lines), heatmaps)
 
 
 def cmd_evaluate(args) -> None:
     from nmt.metrics import corpus_scores
-    from nmt.translate import translate_lines
+    from nmt.textio import read_lines, write_lines, write_text
 
-    src, ref = read_text_lines(args.src), read_text_lines(args.ref)
+    src, ref = list(read_lines(args.src)), list(read_lines(args.ref))
     if len(src) != len(ref):
         raise NMTError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)}: they must match")
-    model, tok, device = _load(args)
-    hyps = translate_lines(model, tok, src, _decode_options(args), model.cfg.max_src_len, device)
+    translator = _translator(args)
+    hyps = translator.translate(src)
     if args.output:
-        write_text_lines(args.output, hyps)
+        write_lines(args.output, hyps)
     scores = corpus_scores(hyps, ref)
     print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
     print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
     if args.json:
-        record = {"model": [str(m) for m in args.model], "src": args.src, "ref": args.ref, "beam": args.beam, **scores}
+        record = {"model": [str(m) for m in args.model], "src": args.src, "ref": args.ref,
+                  "beam": translator.defaults.beam, **scores}
         write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
@@ -211,13 +161,14 @@ def cmd_serve(args) -> None:
     import uvicorn
 
     from nmt import __version__
-    from nmt.serve import Translator, check_address, create_app
+    from nmt.serve import check_address, create_app
 
     check_address(args.host, args.port)
-    model, tok, device = _load(args)
-    info = {"version": __version__, "model": [str(m) for m in args.model], "device": str(device),
-            "precision": args.precision, "beam": args.beam, "max_lines": args.max_lines, "max_bytes": args.max_bytes}
-    app = create_app(Translator(model, tok, device, _decode_options(args)), info, args.max_bytes, args.max_lines)
+    translator = _translator(args)
+    info = {"version": __version__, "model": [str(m) for m in args.model], "device": str(translator.device),
+            "precision": args.precision, "beam": translator.defaults.beam, "max_lines": args.max_lines,
+            "max_bytes": args.max_bytes}
+    app = create_app(translator, info, args.max_bytes, args.max_lines)
     log.info("serving %s on http://%s:%d (Ctrl-C stops)", ", ".join(info["model"]), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
 
@@ -229,20 +180,19 @@ def cmd_average(args) -> None:
     print(f"average of {len(args.models)} models: {args.output}")
 
 
-# Default sentences per batch. Greedy decoding of test_2016_flickr on 2 cores (in-process, median of 5): 0.85 s at
-# 96 sentences, 0.76 at 128, 0.77 at 192, 0.82 at 256 (fp32); int8 0.69, 0.58, 0.54, 0.59. Beam 5: 64 (320 rows).
-GREEDY_BATCH, BEAM_BATCH = 128, 64
-
-
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, nargs="+", metavar="MODEL",
                    help="model file (best.safetensors of a run); several make an ensemble")
-    p.add_argument("--beam", type=_positive("--beam"), default=5, help="beam size; 1 is greedy (default 5)")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=None,
+    # Decoding options default to None: what is left out keeps DecodeConfig's default, their one source.
+    d = DecodeConfig()
+    p.add_argument("--beam", type=_positive("--beam"), help=f"beam size; 1 is greedy (default {d.beam})")
+    p.add_argument("--batch-size", type=_positive("--batch-size"),
                    help=f"sentences per batch (default {BEAM_BATCH} with beam search, {GREEDY_BATCH} greedy)")
-    p.add_argument("--length-penalty", type=_number("--length-penalty", 0, True), default=1.0, help="GNMT length penalty alpha (default 1.0)")
-    p.add_argument("--max-len-ratio", type=_number("--max-len-ratio", 0, False), default=1.5, help="output pieces at most ratio * source + offset")
-    p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), default=10)
+    p.add_argument("--length-penalty", type=_number("--length-penalty", 0, True),
+                   help=f"GNMT length penalty alpha (default {d.length_penalty})")
+    p.add_argument("--max-len-ratio", type=_number("--max-len-ratio", 0, False),
+                   help=f"output pieces at most ratio * source + offset (default {d.max_len_ratio})")
+    p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), help=f"(default {d.max_len_offset})")
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
@@ -328,6 +278,18 @@ def configure_logging(quiet: bool, timestamps: bool) -> None:
     log.setLevel(logging.INFO)
 
 
+def kernel_cache(capacity: int) -> None:
+    """Set the number of compiled kernels oneDNN (torch's CPU kernels) keeps, unless the user set it.
+
+    oneDNN caches a compiled primitive per input shape, 1024 by default, and reads this setting when it first
+    needs the cache, so it must be called before any kernel runs (`main` does, first thing).
+    Training's length-bucketed batches have hundreds of shapes: under bf16 the default kept growing training's
+    memory, past 4.5 GB in half an hour, while 16 kept it at 1.1 GB but trained about 20% slower; 256 is between
+    (1.7 GB after 200 steps). Decoding's shapes change at every step (rows leave as sentences end), and 8 kept
+    beam 5 of test_2016_flickr in bf16 at 0.47 GiB against 0.54 with 256, no slower."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -338,12 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "batch_size", 0) is None:
-        args.batch_size = GREEDY_BATCH if args.beam == 1 else BEAM_BATCH
     configure_logging(args.quiet, args.command == "train")
-    if args.command in ("translate", "evaluate", "serve"):
-        # Beam 5 test_2016_flickr in bf16: 0.54 GiB peak with 256 kernels kept, 0.47 with 8, no slower.
-        kernel_cache(8)
+    kernel_cache(8 if args.command in ("translate", "evaluate", "serve") else 256)
     try:
         args.run(args)
     except NMTError as e:

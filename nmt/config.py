@@ -19,8 +19,12 @@ from typing import Any, Literal, Optional
 import yaml
 
 from nmt.errors import NMTError
+from nmt.textio import write_text
 
 MULTI30K = "data/multi30k"
+# Default sentences per batch. Greedy decoding of test_2016_flickr on 2 cores (in-process, median of 5): 0.85 s at
+# 96 sentences, 0.76 at 128, 0.77 at 192, 0.82 at 256 (fp32); int8 0.69, 0.58, 0.54, 0.59. Beam 5: 64 (320 rows).
+GREEDY_BATCH, BEAM_BATCH = 128, 64
 
 
 @dataclass
@@ -105,7 +109,11 @@ class DecodeConfig:
     length_penalty: float = 1.0  # GNMT alpha; 0 ranks by raw log-probability
     max_len_ratio: float = 1.5  # a hypothesis has at most ratio * source length + offset pieces
     max_len_offset: int = 10
-    batch_size: int = 64  # sentences
+    batch_size: int = 0  # sentences per batch; 0: GREEDY_BATCH for greedy, BEAM_BATCH for beam search
+
+    def sentences(self) -> int:
+        """Sentences per batch."""
+        return self.batch_size or (GREEDY_BATCH if self.beam == 1 else BEAM_BATCH)
 
 
 @dataclass
@@ -213,7 +221,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("decode.length_penalty", cfg.decode.length_penalty >= 0, "must not be negative"),
         ("decode.max_len_ratio", cfg.decode.max_len_ratio > 0, "must be positive"),
         ("decode.max_len_offset", cfg.decode.max_len_offset >= 1, "must be positive"),
-        ("decode.batch_size", cfg.decode.batch_size >= 1, "must be positive"),
+        ("decode.batch_size", cfg.decode.batch_size >= 0, "must not be negative (0: by beam size)"),
     ]
     for key, ok, message in checks:
         if not ok:
@@ -271,7 +279,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def model_config_from_dict(doc: dict[str, Any], where: str) -> ModelConfig:

@@ -8,12 +8,8 @@ made of the corpus content and the tokenizer, and memory-mapped from there, so a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +21,7 @@ from nmt import multi30k
 from nmt.batch import Batch, make_batch
 from nmt.config import DataConfig
 from nmt.errors import NMTError
+from nmt.textio import atomic_write, count_lines, newline_convention, read_lines
 from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 
 SPECIALS = [PAD, UNK, BOS, EOS]
@@ -49,39 +46,10 @@ def corpus_file(prefix: str, lang: str) -> Path:
     raise NMTError(f"{plain}: corpus file not found (nor {gz.name})")
 
 
-def open_text(path: Path):
-    """Text lines of a plain or gzip file, as bytes (decoded by the caller, who knows the line number)."""
-    try:
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    except OSError as e:
-        raise NMTError(f"{path}: cannot open ({e.strerror})") from None
-
-
-def read_lines(path: Path) -> Iterator[str]:
-    """Lines of a UTF-8 text file without their newline; NMTError names file and line on bad bytes."""
-    with open_text(path) as f:
-        try:
-            for number, raw in enumerate(f, 1):
-                try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as e:
-                    raise NMTError(f"{path}:{number}: not UTF-8 (byte {e.start})") from None
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise NMTError(f"{path}: cannot read ({e})") from None
-
-
-def count_lines(path: Path) -> int:
-    with open_text(path) as f:
-        try:
-            return sum(1 for _ in f)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise NMTError(f"{path}: cannot read ({e})") from None
-
-
 def _pairs(src_path: str, tgt_path: str, digest: str) -> Iterator[dict[str, str]]:
     # `digest` is unused here: it is part of the generator's arguments so that datasets' cache key changes
     # whenever the files' content does.
-    for src, tgt in zip(read_lines(Path(src_path)), read_lines(Path(tgt_path))):
+    for src, tgt in zip(read_lines(src_path), read_lines(tgt_path)):
         yield {"src": src, "tgt": tgt}
 
 
@@ -92,11 +60,22 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def _count_mismatch(src_path: Path, n_src: int, tgt_path: Path, n_tgt: int) -> str:
+    """The one-line message for parallel files of different lengths; it names their line ends when they
+    differ, the usual cause (one side saved with CR line ends, say)."""
+    src_nl, tgt_nl = newline_convention(src_path), newline_convention(tgt_path)
+    if src_nl == tgt_nl:
+        return f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must match"
+    src_ends = "no line ends" if src_nl == "none" else f"{src_nl} line ends"
+    return (f"{src_path} has {n_src} lines ({src_ends}) but {tgt_path} has {n_tgt} ({tgt_nl}): "
+            "parallel files must match")
+
+
 def load_parallel_files(prefix: str, src_lang: str, tgt_lang: str, cache_dir: str) -> datasets.Dataset:
     src_path, tgt_path = corpus_file(prefix, src_lang), corpus_file(prefix, tgt_lang)
     n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
     if n_src != n_tgt:
-        raise NMTError(f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must match")
+        raise NMTError(_count_mismatch(src_path, n_src, tgt_path, n_tgt))
     if n_src == 0:
         raise NMTError(f"{src_path}: corpus is empty")
     kwargs = {"src_path": str(src_path), "tgt_path": str(tgt_path), "digest": file_digest(src_path, tgt_path)}
@@ -206,14 +185,9 @@ def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool,
         if len(ds) == 0:
             raise NMTError(f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})")
         log.info("%s: %d pairs kept, %d dropped (empty or over %d pieces)", name, len(ds), n_before - len(ds), cfg.max_len)
-    # Save under a temporary name and rename, so an interrupted run leaves no half-written cache entry.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{key}.")
-    try:
-        ds.save_to_disk(tmp)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_write(path, folder=True) as tmp:  # an interrupted run leaves no half-written cache entry
+        ds.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(path))
 
 

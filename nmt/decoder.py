@@ -9,14 +9,16 @@ teacher-forced training runs the whole target sequence through one `nn.LSTM` cal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from nmt.attention import Attention
-from nmt.fastpath import StepWeights, lstm_cell, step_weights, weights_key
-from nmt.tokenizer import PAD, UNK
+from nmt.fastpath import StepWeights, step_weights, weights_key
+from nmt.tokenizer import PAD
+from nmt.vocab import OutputVocab
 
 
 @dataclass
@@ -51,10 +53,9 @@ class DecoderState:
 class Decoder(nn.Module):
     def __init__(
         self, vocab_size: int, emb_size: int, hidden: int, layers: int, memory_size: int, attention: str,
-        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool, out_vocab_size: int = 0,
+        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool, vocab: OutputVocab,
     ):
-        """`out_vocab_size` > 0: the output layer has that many rows, one per piece of `output_ids` (set by the
-        caller; loading a model file fills it), not one per piece of the vocabulary."""
+        """The output layer has a row for each piece of `vocab` (its column in the logits)."""
         super().__init__()
         self.layers, self.hidden, self.input_feeding = layers, hidden, input_feeding
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
@@ -69,13 +70,11 @@ class Decoder(nn.Module):
         # Bridge: the encoder's last-layer final state initialises every decoder layer.
         self.bridge_h = nn.Linear(memory_size, layers * hidden)
         self.bridge_c = nn.Linear(memory_size, layers * hidden)
-        # Column j of the logits is piece output_ids[j] (sorted, so PAD, UNK, BOS and EOS keep their ids as
-        # columns); None: column j is piece j.
-        self.register_buffer("output_ids", torch.arange(out_vocab_size) if out_vocab_size else None)
-        rows = out_vocab_size or vocab_size
+        self.vocab = vocab
+        rows = vocab.rows
         self.tie_embeddings = tie_embeddings
         if tie_embeddings:
-            # Logits = embedding matrix (its output_ids rows) × attentional vector, through a projection when
+            # Logits = embedding matrix (the vocabulary's rows) × attentional vector, through a projection when
             # the sizes differ.
             self.out_proj = nn.Linear(hidden, emb_size, bias=False) if hidden != emb_size else nn.Identity()
             self.out_bias = nn.Parameter(torch.zeros(rows))
@@ -100,9 +99,15 @@ class Decoder(nn.Module):
 
     def output_weight(self) -> torch.Tensor:
         """The output layer's matrix (V_out, E) tied or (V_out, H) not."""
+        return self.vocab.select(self.embed.weight) if self.tie_embeddings else self.output.weight
+
+    def folded_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer as one matrix (V_out, H) and bias (V_out,): the tied embedding and its projection
+        multiplied out, for decoding."""
         if not self.tie_embeddings:
-            return self.output.weight
-        return self.embed.weight if self.output_ids is None else self.embed.weight.index_select(0, self.output_ids)
+            return self.output.weight, self.output.bias
+        weight = self.output_weight()  # (V_out, E)
+        return (weight if isinstance(self.out_proj, nn.Identity) else weight @ self.out_proj.weight), self.out_bias
 
     def logits(self, vectors: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Attentional vectors (..., H) → logits (..., V_out); `weight` is `output_weight()`, given when the caller
@@ -112,15 +117,6 @@ class Decoder(nn.Module):
             return F.linear(self.out_proj(vectors), weight, self.out_bias)
         return F.linear(vectors, weight, self.output.bias)
 
-    def columns(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Piece ids (any shape) → their columns in the logits; a piece outside the output vocabulary (unseen in
-        training) gets UNK's."""
-        if self.output_ids is None:
-            return tokens
-        column = torch.full((self.embed.num_embeddings,), UNK, dtype=torch.long, device=tokens.device)
-        column[self.output_ids] = torch.arange(self.output_ids.numel(), device=tokens.device)
-        return column[tokens]
-
     def _context(self, query: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries (N, T, H), N rows of B sentences → contexts (N, T, M), attention weights (N, T, S).
         Each sentence's rows query its memory together: (B, N / B * T) queries in one batched product."""
@@ -129,10 +125,12 @@ class Decoder(nn.Module):
         context, weights = self.attention(grouped, state.keys, state.memory, state.mask)
         return context.view(n, t, -1), weights.view(n, t, -1)
 
-    def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
-        """LSTM outputs (N, T, H) → attentional vectors (N, T, H), attention weights (N, T, S)."""
+    def _attend(self, out: torch.Tensor, state: DecoderState, combine: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSTM outputs (N, T, H) → attentional vectors tanh(W [out; context]) (N, T, H) and attention weights
+        (N, T, S): the one statement of this part of the step, for training (`combine` the layer) and decoding
+        (`combine` its step layout)."""
         context, weights = self._context(out, state)  # (N, T, M), (N, T, S)
-        vectors = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))  # (N, T, H)
+        vectors = torch.tanh(combine(torch.cat([out, context], dim=-1)))  # (N, T, H)
         return self.dropout(vectors), weights
 
     def run(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
@@ -140,14 +138,14 @@ class Decoder(nn.Module):
         emb = self.emb_dropout(self.embed(tgt_in))  # (N, T, E)
         if not self.input_feeding:
             out, (h, c) = self.rnn(emb, (state.h, state.c))  # whole sequence in one call
-            vectors, weights = self._attend(out, state)
+            vectors, weights = self._attend(out, state, self.combine)
             return vectors, DecoderState(h, c, vectors[:, -1], state.memory, state.keys, state.mask), weights
         h, c, feed = state.h, state.c, state.feed
         all_vectors, all_weights = [], []
         for t in range(emb.size(1)):
             x = torch.cat([emb[:, t], feed], dim=-1).unsqueeze(1)  # (N, 1, E + H)
             out, (h, c) = self.rnn(x, (h, c))  # out (N, 1, H)
-            vector, weights = self._attend(out, state)  # (N, 1, H), (N, 1, S)
+            vector, weights = self._attend(out, state, self.combine)  # (N, 1, H), (N, 1, S)
             feed = vector.squeeze(1)
             all_vectors.append(vector)
             all_weights.append(weights)
@@ -158,27 +156,25 @@ class Decoder(nn.Module):
         """The step layout of the current weights, rebuilt when a weight changed (training) or moved."""
         key = weights_key(self) + (self.precision,)
         if self._step_cache is None or self._step_cache[0] != key:
-            self._step_cache = (key, step_weights(self, self.precision))
+            rows = None if self.vocab.pieces is None else self.vocab.columns(torch.arange(self.vocab.size, device=self.embed.weight.device))
+            embeddings = self.vocab.select(self.embed.weight)  # (V_out, E)
+            layout = step_weights(self.rnn, embeddings, rows, self.combine, self.folded_output(), self.precision)
+            self._step_cache = (key, layout)
         return self._step_cache[1]
 
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """Decoding (eval mode): prev (N,) last tokens → logits (N, V_out), the next state, attention (N, S).
+        """Decoding: prev (N,) last pieces → logits (N, V_out), the next state, attention (N, S).
 
-        Same function as `run` on one token, computed with `nmt.fastpath`'s layout, for `prev` among the output
-        layer's pieces (all that search feeds back; another piece reads UNK's row of the gate table)."""
+        The function `run` computes on one token, with the LSTM and output layer in `nmt.fastpath`'s step layout,
+        for `prev` among the output layer's pieces (all that search feeds back; another piece reads UNK's row
+        of the gate table)."""
         w = self.step_layout()
-        rows = prev if w.row is None else w.row[prev]  # (N,) rows of the gate table
-        below = state.feed if self.input_feeding else None  # (N, H) the input beside the embedding
-        hs, cs = [], []
-        for layer, (linear, bias) in enumerate(zip(w.layers, w.layer_bias)):
-            own = state.h[layer]  # (N, H)
-            gates = linear(own if below is None else torch.cat([below, own], dim=1))  # (N, 4H)
-            gates = gates + (w.table[rows] if layer == 0 else bias)
-            h, c = lstm_cell(gates, state.c[layer])
-            hs.append(h)
-            cs.append(c)
-            below = h
-        context, weights = self._context(below.unsqueeze(1), state)  # (N, 1, M), (N, 1, S)
-        vector = torch.tanh(w.combine(torch.cat([below, context[:, 0]], dim=-1)))  # (N, H)
-        new_state = DecoderState(torch.stack(hs), torch.stack(cs), vector, state.memory, state.keys, state.mask)
+        h, c = w.lstm(prev, state.h, state.c, state.feed if self.input_feeding else None)  # (L, N, H) each
+
+        def combine(x: torch.Tensor) -> torch.Tensor:  # (N, 1, H + M) → (N, 1, H)
+            return w.combine(x.squeeze(1)).unsqueeze(1)
+
+        vector, weights = self._attend(h[-1].unsqueeze(1), state, combine)  # (N, 1, H), (N, 1, S)
+        vector = vector.squeeze(1)  # (N, H)
+        new_state = DecoderState(h, c, vector, state.memory, state.keys, state.mask)
         return w.output(vector), new_state, weights[:, 0]

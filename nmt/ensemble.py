@@ -34,7 +34,11 @@ class Ensemble:
         self.models = models
         # What callers read of a model's config: the input limit every member can take.
         self.cfg = dataclasses.replace(models[0].cfg, max_src_len=min(m.cfg.max_src_len for m in models))
-        self.output_ids = models[0].output_ids  # the same for all (`load_models` checks)
+        self.vocab = models[0].vocab  # the same for all (`load_models` checks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.models[0].device
 
     def prepare(self) -> None:
         for m in self.models:
@@ -55,8 +59,7 @@ def _check_compatible(paths: list[Path], toks: list[Tokenizer], models: list[Seq
     for path, tok, model in zip(paths[1:], toks[1:], models[1:]):
         if tok.src_proto != toks[0].src_proto or tok.tgt_proto != toks[0].tgt_proto:
             raise NMTError(f"{path}: its SentencePiece model differs from {paths[0]}'s: models must share vocabularies")
-        ours, first = model.output_ids, models[0].output_ids
-        if (ours is None) != (first is None) or (ours is not None and not torch.equal(ours.cpu(), first.cpu())):
+        if not model.vocab.same_as(models[0].vocab):
             raise NMTError(f"{path}: its output layer covers other pieces than {paths[0]}'s (trained on other data, "
                            "or with another model.output_vocab): models must share their output vocabulary")
 

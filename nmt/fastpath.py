@@ -82,12 +82,31 @@ class FrozenLinear:
 
 @dataclass
 class StepWeights:
-    table: torch.Tensor  # (V_out, 4H) layer 0's gate inputs from each output piece's embedding, both biases included
+    """The decoder's weights in the step layout: build with `step_weights`."""
+
+    table: torch.Tensor  # (V_out, 4H) layer 0's gate inputs from each output piece's embedding, biases included
     row: torch.Tensor | None  # (V,) each piece's row of `table` (UNK's for pieces outside it); None: its own id
     layers: list[FrozenLinear]  # layer l: [input below (feed for l = 0, if any); own h] → 4H gates
     layer_bias: list[torch.Tensor | None]  # (4H,) for layers above 0; None for layer 0 (in the table)
     combine: FrozenLinear  # [h; context] → H
     output: FrozenLinear  # attentional vector (H) → logits (V_out)
+
+    def lstm(
+        self, prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feed: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the LSTM stack: prev (N,) last pieces, h and c (L, N, H), feed (N, H) the previous
+        attentional vector with input feeding (else None) → the new h and c (L, N, H)."""
+        rows = prev if self.row is None else self.row[prev]  # (N,) rows of the gate table
+        below = feed  # (N, ·) the input beside the embedding
+        hs, cs = [], []
+        for layer, (linear, bias) in enumerate(zip(self.layers, self.layer_bias)):
+            own = h[layer]  # (N, H)
+            gates = linear(own if below is None else torch.cat([below, own], dim=1))  # (N, 4H)
+            gates = gates + (self.table[rows] if layer == 0 else bias)
+            below, cell = lstm_cell(gates, c[layer])
+            hs.append(below)
+            cs.append(cell)
+        return torch.stack(hs), torch.stack(cs)
 
 
 def use_quantized_engine() -> None:
@@ -97,33 +116,28 @@ def use_quantized_engine() -> None:
 
 
 @torch.no_grad()
-def step_weights(decoder, precision: str) -> StepWeights:
-    """The decoder's (an `nmt.decoder.Decoder`) weights in the step layout."""
+def step_weights(
+    lstm: torch.nn.LSTM, embeddings: torch.Tensor, row: torch.Tensor | None, combine: torch.nn.Linear,
+    output: tuple[torch.Tensor, torch.Tensor | None], precision: str,
+) -> StepWeights:
+    """The step layout of a decoder: its `lstm`, the `embeddings` (V_out, E) of the pieces its output layer
+    has (the only ones decoding feeds back), `row` (V,) the row of each piece among them (None: all pieces, in
+    order), its `combine` layer, and its output layer folded into one matrix (V_out, H) and bias (V_out,)."""
     if precision == "int8":
         use_quantized_engine()
-    rnn, emb_size = decoder.rnn, decoder.embed.weight.size(1)
+    emb_size = embeddings.size(1)
     layers, biases = [], []
     table = None
-    for layer in range(decoder.layers):
-        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-        bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")  # (4H,)
+    for layer in range(lstm.num_layers):
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")  # (4H,)
         if layer == 0:
-            pieces = decoder.embed.weight  # (V, E)
-            if decoder.output_ids is not None:
-                pieces = pieces.index_select(0, decoder.output_ids)  # (V_out, E)
-            table = F.linear(pieces, w_ih[:, :emb_size], bias)  # (V_out, 4H)
+            table = F.linear(embeddings, w_ih[:, :emb_size], bias)  # (V_out, 4H)
             w_ih, bias = w_ih[:, emb_size:], None  # what is left: the input-feeding part, maybe empty
         layers.append(FrozenLinear(torch.cat([w_ih, w_hh], dim=1), None, precision))
         biases.append(bias)
-    if decoder.tie_embeddings:
-        proj, out_weight = decoder.out_proj, decoder.output_weight()  # (V_out, E)
-        out_weight = out_weight if isinstance(proj, torch.nn.Identity) else out_weight @ proj.weight
-        output = FrozenLinear(out_weight, decoder.out_bias, precision)  # (V_out, H)
-    else:
-        output = FrozenLinear(decoder.output.weight, decoder.output.bias, precision)
-    combine = FrozenLinear(decoder.combine.weight, decoder.combine.bias, precision)
-    row = None if decoder.output_ids is None else decoder.columns(torch.arange(decoder.embed.num_embeddings, device=table.device))
-    return StepWeights(table.contiguous(), row, layers, biases, combine, output)
+    linear = FrozenLinear(combine.weight, combine.bias, precision)
+    return StepWeights(table.contiguous(), row, layers, biases, linear, FrozenLinear(*output, precision))
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,31 +13,34 @@ from nmt.loss import token_loss_sum
 from nmt.decoder import Decoder, DecoderState
 from nmt.encoder import Encoder
 from nmt.tokenizer import PAD
+from nmt.vocab import OutputVocab
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, cfg: ModelConfig, output_ids: torch.Tensor | None = None, init: bool = True):
-        """`output_ids` (cfg.out_vocab_size,): the pieces the output layer covers, sorted, PAD, UNK, BOS and EOS
-        first (see `nmt.train.output_pieces`); left out, they are to be loaded with the weights. `init` False skips the
+    def __init__(self, cfg: ModelConfig, vocab: OutputVocab | None = None, init: bool = True):
+        """`vocab`: the output layer's pieces (default: every target piece). `init` False skips the
         initialisation, for weights about to be loaded (70 ms of a translation's start-up)."""
         super().__init__()
         self.cfg = cfg
+        vocab = OutputVocab(cfg.tgt_vocab_size) if vocab is None else vocab
+        if vocab.size != cfg.tgt_vocab_size:
+            raise ValueError(f"output vocabulary of {vocab.size} pieces for a target vocabulary of {cfg.tgt_vocab_size}")
         self.encoder = Encoder(cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout)
         self.decoder = Decoder(
             cfg.tgt_vocab_size, cfg.emb_size, cfg.dec_hidden, cfg.dec_layers, self.encoder.output_size,
-            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings, cfg.out_vocab_size,
+            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings, vocab,
         )
-        if output_ids is not None:
-            if self.decoder.output_ids is None or output_ids.shape != self.decoder.output_ids.shape:
-                raise ValueError(f"output_ids: {tuple(output_ids.shape)} pieces for an output layer of {cfg.out_vocab_size}")
-            self.decoder.output_ids.copy_(output_ids)
         if init:
             self.reset_parameters()
 
     @property
-    def output_ids(self) -> torch.Tensor | None:
-        """(V_out,) the piece id of each column of `step`'s log-probabilities; None when column j is piece j."""
-        return self.decoder.output_ids
+    def vocab(self) -> OutputVocab:
+        """The output layer's pieces: column j of `step`'s log-probabilities is piece `vocab.to_pieces(j)`."""
+        return self.decoder.vocab
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed.weight.device
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
@@ -61,26 +64,25 @@ class Seq2Seq(nn.Module):
         memory, final = self.encoder(src, src_lens)
         return self.decoder.init_state(memory, final, src != PAD)
 
-    def forward(self, batch: Batch, label_smoothing: float | None = None) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V_out) for `batch.tgt_out` (whose pieces are columns
-        `self.decoder.columns(batch.tgt_out)`); given `label_smoothing`, the summed loss instead
-        (`loss_sum`; through `forward`, so that a DistributedDataParallel wrapper sees the call)."""
-        if label_smoothing is not None:
-            return self.loss_sum(batch, label_smoothing)
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V_out) for `batch.tgt_out`, whose pieces are columns
+        `self.vocab.columns(batch.tgt_out)`."""
         state = self.encode(batch.src, batch.src_lens)
         vectors, _, _ = self.decoder.run(batch.tgt_in, state)
         return self.decoder.logits(vectors)
 
-    def loss_sum(self, batch: Batch, label_smoothing: float = 0.0, chunk: int = 512) -> torch.Tensor:
-        """`token_loss_sum(self(batch), batch.tgt_out, label_smoothing)`, computed without the (B, T, V) logits:
-        the output layer and the loss run on the real (non-PAD) target positions only, `chunk` at a time.
+    def forward(self, batch: Batch, label_smoothing: float = 0.0, chunk: int = 512) -> torch.Tensor:
+        """The loss summed over the target tokens: `token_loss_sum(self.logits(batch), columns, label_smoothing)`,
+        computed without the (B, T, V) logits (training calls the model, so that a DistributedDataParallel
+        wrapper sees the call): the output layer and the loss run on the real (non-PAD) target positions only,
+        `chunk` at a time.
         Besides skipping padding, this keeps every tensor small: with the whole logits, each step allocated
         and freed several tensors of tens of MB, which the C allocator maps and unmaps afresh each time (page
         faults took 15% of training's CPU time on 2 cores)."""
         state = self.encode(batch.src, batch.src_lens)
         vectors, _, _ = self.decoder.run(batch.tgt_in, state)  # (B, T, H)
         real = batch.tgt_out != PAD  # (B, T)
-        vectors, target = vectors[real], self.decoder.columns(batch.tgt_out[real])  # (N, H), (N,)
+        vectors, target = vectors[real], self.vocab.columns(batch.tgt_out[real])  # (N, H), (N,)
         weight = self.decoder.output_weight()  # (V_out, E): gathered once, not once per chunk
         return sum(
             token_loss_sum(self.decoder.logits(v, weight), t, label_smoothing)
@@ -88,12 +90,8 @@ class Seq2Seq(nn.Module):
         )
 
     def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """prev (N,) last tokens → log-probabilities (N, V_out) of the next (column j is piece `output_ids[j]`),
-        the new state, attention (N, S)."""
-        if self.training:  # with dropout, through the training path
-            vectors, state, weights = self.decoder.run(prev.unsqueeze(1), state)
-            logits, weights = self.decoder.logits(vectors[:, 0]), weights[:, 0]
-            return torch.log_softmax(logits.float(), dim=-1), state, weights
+        """Decoding: prev (N,) last pieces → log-probabilities (N, V_out) of the next (column j is piece
+        `vocab.to_pieces(j)`), the new state, attention (N, S)."""
         logits, state, weights = self.decoder.step(prev, state)  # logits fp32, new: overwritten in place
         return torch.log_softmax(logits, dim=-1, out=logits), state, weights
 
@@ -117,14 +115,3 @@ class Seq2Seq(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NMTError(f"device {name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NMTError(f"device {name!r}: asked for, but torch sees no CUDA device")
-    return device

@@ -11,12 +11,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.textio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,8 @@ def fetch(dest: str | Path, mirror: str | Path | None = None) -> list[Path]:
             continue
         source = Path(mirror) / name if mirror else URL.format(name=name)
         log.info("fetching %s from %s", name, source)
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
+        with atomic_write(path) as tmp:  # renamed into place only when no exception ends the block
+            with open(tmp, "wb") as out:
                 if mirror:
                     try:
                         with open(source, "rb") as src:
@@ -91,13 +90,9 @@ def fetch(dest: str | Path, mirror: str | Path | None = None) -> list[Path]:
                         raise NMTError(f"{source}: cannot read mirror file ({e.strerror})") from None
                 else:
                     _download(name, out)
-            got = sha256(Path(tmp))
+            got = sha256(tmp)
             if got != expected:
                 raise NMTError(f"{source}: sha256 {got} does not match the published {expected}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return paths
 
 

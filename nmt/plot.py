@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.textio import atomic_write
 
 PANELS = [("train", "loss", "training loss"), ("valid", "valid_ppl", "validation perplexity"),
           ("valid", "valid_bleu", "validation BLEU")]
@@ -66,7 +67,6 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, labels: list[str] 
     """Draw the curves of `run_dirs` into one PNG at `output`; returns its path."""
     fig = curves_figure(run_dirs, labels)
     output = Path(output)
-    from nmt.checkpoint import atomic_write  # a reader never sees half a PNG
-
-    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    with atomic_write(output) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, dpi=100, format="png")
     return output

@@ -1,8 +1,8 @@
 """Greedy and batched beam search: plain functions over anything with the model's decoding interface.
 
 A decoder here is an object with `encode(src, src_lens) -> state`,
-`step(prev (N,), state) -> (log-probabilities (N, V_out), state, attention (N, S))` and `output_ids`, the piece of
-each log-probability column (None when column j is piece j; either way PAD, BOS and EOS are their own columns),
+`step(prev (N,), state) -> (log-probabilities (N, V_out), state, attention (N, S))` and `vocab`, the
+`nmt.vocab.OutputVocab` that maps log-probability columns to pieces (PAD, BOS and EOS are their own columns),
 whose state has `select(rows, sources=None)`: hypotheses `rows` of sentences `sources`, or of the same
 sentences for None (beam search keeps each sentence's hypotheses in consecutive rows).
 `Seq2Seq` is one; an ensemble is another.
@@ -22,12 +22,14 @@ from typing import Any, Protocol
 import torch
 
 from nmt.tokenizer import BOS, EOS, PAD
+from nmt.vocab import OutputVocab
 
 NEG_INF = float("-inf")
 
 
 class Searchable(Protocol):
-    output_ids: torch.Tensor | None
+    vocab: OutputVocab
+    device: torch.device
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> Any: ...
 
@@ -61,11 +63,6 @@ def _constrain(logp: torch.Tensor, t: int, max_lens: torch.Tensor, first_forced:
         logp.masked_fill_(forced, NEG_INF)
         logp[:, EOS] = eos
     return logp
-
-
-def _pieces(model: Searchable, columns: torch.Tensor) -> torch.Tensor:
-    """Columns of the log-probabilities → piece ids."""
-    return columns if model.output_ids is None else model.output_ids[columns]
 
 
 def _strip(tokens: list[int]) -> list[int]:
@@ -108,7 +105,7 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
     for t in range(longest):
         logp, state, _ = model.step(prev, state)  # (n, V)
         best, prev = (x.squeeze(1) for x in top_k(_constrain(logp, t, row_max, first_forced), 1))  # (n,) each
-        prev = _pieces(model, prev)
+        prev = model.vocab.to_pieces(prev)
         scores.index_add_(0, rows, best)
         tokens[rows, t] = prev
         ended = prev == EOS  # (n,)
@@ -119,6 +116,62 @@ def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len
             rows, prev, row_max = rows[keep], prev[keep], row_max[keep]
             state = state.select(keep, keep)
     return [Hypothesis(_strip(row), float(s)) for row, s in zip(tokens.tolist(), scores.tolist())]
+
+
+@dataclass
+class Finished:
+    """Each sentence's K best finished hypotheses so far, scored with the length penalty."""
+
+    scores: torch.Tensor  # (B, K) penalised scores, best first; -inf where none
+    tokens: torch.Tensor  # (B, K, longest) their pieces, EOS included, PAD after
+    count: torch.Tensor  # (B,) hypotheses finished so far (more than K are counted, not kept)
+
+    @classmethod
+    def empty(cls, batch: int, k: int, longest: int, device: torch.device) -> "Finished":
+        return cls(
+            torch.full((batch, k), NEG_INF, device=device),
+            torch.full((batch, k, longest), PAD, dtype=torch.long, device=device),
+            torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def add(self, active: torch.Tensor, top_scores: torch.Tensor, word: torch.Tensor, extended: torch.Tensor,
+            t: int, alpha: float) -> None:
+        """The candidates of sentences `active` (n,) that end here: EOS among the top K of the 2K candidates
+        (n, 2K) `top_scores` (raw), `word`, `extended` (n, 2K, t + 1)."""
+        n, k, longest = active.numel(), self.scores.size(1), self.tokens.size(2)
+        ends = (word == EOS) & (torch.arange(2 * k, device=word.device) < k)  # (n, 2K)
+        ended_scores = torch.where(ends, top_scores / length_penalty(t + 1, alpha), NEG_INF)  # (n, 2K)
+        ended_scores = ended_scores.masked_fill(top_scores == NEG_INF, NEG_INF)
+        self.count[active] += (ends & (top_scores > NEG_INF)).sum(dim=1)
+        pool_scores = torch.cat([self.scores[active], ended_scores], dim=1)  # (n, 3K)
+        padded = torch.nn.functional.pad(extended, (0, longest - t - 1), value=PAD)  # (n, 2K, longest)
+        pool_tokens = torch.cat([self.tokens[active], padded], dim=1)  # (n, 3K, longest)
+        self.scores[active], keep = pool_scores.topk(k, dim=1)  # (n, K)
+        self.tokens[active] = pool_tokens.gather(1, keep.unsqueeze(-1).expand(n, k, longest))
+
+    def best(self, n_best: int) -> list[list[Hypothesis]]:
+        scores, tokens = self.scores[:, :n_best].tolist(), self.tokens[:, :n_best].tolist()
+        return [[Hypothesis(_strip(toks), score) for toks, score in zip(sent_tokens, sent_scores)]
+                for sent_tokens, sent_scores in zip(tokens, scores)]
+
+
+def _candidates(
+    model: Searchable, logp: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2K best extensions of each of n sentences, from the log-probabilities `logp` (n*K, V) of its K live
+    hypotheses (raw `scores` (n, K), `tokens` (n*K, t)): their raw scores (n, 2K) best first, the hypothesis each
+    extends (n, 2K), the piece it adds (n, 2K) and the extended sequences (n, 2K, t + 1)."""
+    n, t = scores.size(0), tokens.size(1)
+    # The 2K best extensions of each sentence are among the 2K best of each of its hypotheses.
+    per_row = min(2 * k, logp.size(1))  # a vocabulary smaller than 2K has fewer
+    row_scores, row_words = top_k(logp, per_row)  # (n*K, 2K)
+    row_words = model.vocab.to_pieces(row_words)
+    candidates = (scores.view(-1, 1) + row_scores).view(n, k * per_row)  # (n, K*2K)
+    top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2K), best first
+    origin = top_index // per_row  # (n, 2K) which live hypothesis each extends
+    word = row_words.view(n, k * per_row).gather(1, top_index)  # (n, 2K)
+    before = tokens.view(n, k, t).gather(1, origin.unsqueeze(-1).expand(n, 2 * k, t))  # (n, 2K, t)
+    return top_scores, origin, word, torch.cat([before, word.unsqueeze(-1)], dim=2)
 
 
 @torch.inference_mode()
@@ -136,12 +189,9 @@ def beam_search(
         raise ValueError(f"n_best must be between 1 and the beam size {beam}")
     device, batch, k = src.device, src.size(0), beam
     max_lens = max_lengths(src_lens, max_len_ratio, max_len_offset).to(device)  # (B,)
-    longest = int(max_lens.max()) + 1  # most tokens of a hypothesis, EOS included
-    first_forced = int(max_lens.min())
-
-    state = model.encode(src, src_lens)
+    longest, first_forced = int(max_lens.max()) + 1, int(max_lens.min())  # longest: pieces with EOS
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,) each sentence K times
-    state = state.select(rows)  # K hypotheses per sentence, sharing its encoder outputs
+    state = model.encode(src, src_lens).select(rows)  # K hypotheses per sentence, sharing its encoder outputs
     row_max = max_lens[rows]  # (B*K,)
     bound_penalty = length_penalty(max_lens.float() + 1, alpha)  # (B,) penalty at the longest length
 
@@ -150,49 +200,25 @@ def beam_search(
     scores[:, 0] = 0.0  # at first only one hypothesis (BOS) is live
     tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (n*K, t)
     prev = torch.full((batch * k,), BOS, dtype=torch.long, device=device)  # (n*K,)
-    fin_scores = torch.full((batch, k), NEG_INF, device=device)  # (B, K) penalised scores of finished ones
-    fin_tokens = torch.full((batch, k, longest), PAD, dtype=torch.long, device=device)  # (B, K, longest)
-    n_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
-
+    finished = Finished.empty(batch, k, longest, device)
     for t in range(longest):
         n = active.numel()
         logp, state, _ = model.step(prev, state)  # (n*K, V)
-        # The 2K best extensions of each sentence are among the 2K best of each of its hypotheses.
-        per_row = min(2 * k, logp.size(1))  # a vocabulary smaller than 2K has fewer
-        row_scores, row_words = top_k(_constrain(logp, t, row_max, first_forced), per_row)  # (n*K, 2K)
-        row_words = _pieces(model, row_words)
-        candidates = (scores.view(-1, 1) + row_scores).view(n, k * per_row)  # (n, K*2K)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (n, 2K), best first
-        origin = top_index // per_row  # (n, 2K) which live hypothesis each extends
-        word = row_words.view(n, k * per_row).gather(1, top_index)  # (n, 2K)
-        # (n, 2K, t+1): the extended token sequences, padded to the longest length.
-        extended = torch.cat([tokens.view(n, k, t).gather(1, origin.unsqueeze(-1).expand(n, 2 * k, t)), word.unsqueeze(-1)], dim=2)
-
-        # Hypotheses that end here: EOS among the top K candidates, scored with the length penalty.
-        ends = (word == EOS) & (torch.arange(2 * k, device=device) < k)  # (n, 2K)
-        ended_scores = torch.where(ends, top_scores / length_penalty(t + 1, alpha), NEG_INF)  # (n, 2K)
-        ended_scores = ended_scores.masked_fill(top_scores == NEG_INF, NEG_INF)
-        n_finished[active] += (ends & (top_scores > NEG_INF)).sum(dim=1)
-        pool_scores = torch.cat([fin_scores[active], ended_scores], dim=1)  # (n, 3K)
-        pool_tokens = torch.cat([fin_tokens[active], torch.nn.functional.pad(extended, (0, longest - t - 1), value=PAD)], dim=1)
-        fin_scores[active], keep = pool_scores.topk(k, dim=1)  # (n, K)
-        fin_tokens[active] = pool_tokens.gather(1, keep.unsqueeze(-1).expand(n, k, longest))
-
+        logp = _constrain(logp, t, row_max, first_forced)
+        top_scores, origin, word, extended = _candidates(model, logp, scores, tokens, k)
+        finished.add(active, top_scores, word, extended, t, alpha)
         # Live hypotheses: the K best candidates that do not end in EOS (at least K of the 2K do not).
-        live_scores = top_scores.masked_fill(word == EOS, NEG_INF)
-        scores, pick = live_scores.topk(k, dim=1)  # (n, K)
+        scores, pick = top_scores.masked_fill(word == EOS, NEG_INF).topk(k, dim=1)  # (n, K)
         origin = origin.gather(1, pick)  # (n, K)
         tokens = extended.gather(1, pick.unsqueeze(-1).expand(n, k, t + 1)).view(n * k, t + 1)
         prev = word.gather(1, pick).view(-1)  # (n*K,)
         flat_origin = (origin + torch.arange(n, device=device).unsqueeze(1) * k).view(-1)  # (n*K,)
-
         best_live = scores[:, 0]  # (n,)
-        nth_finished = fin_scores[active, n_best - 1]  # (n,)
-        done = (
-            (n_finished[active] >= k)
+        done = (  # (n,)
+            (finished.count[active] >= k)
             | (best_live == NEG_INF)
-            | (best_live / bound_penalty[active] < nth_finished)
-        )  # (n,)
+            | (best_live / bound_penalty[active] < finished.scores[active, n_best - 1])
+        )
         if bool(done.all()):
             break
         if bool(done.any()):
@@ -200,17 +226,10 @@ def beam_search(
             keep_rows = (keep_sent.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)  # (n'*K,)
             active, scores = active[keep_sent], scores[keep_sent]
             tokens, prev, row_max = tokens[keep_rows], prev[keep_rows], row_max[keep_rows]
-            flat_origin = flat_origin.view(n, k)[keep_sent].view(-1)
-            state = state.select(flat_origin, keep_sent)
+            state = state.select(flat_origin.view(n, k)[keep_sent].view(-1), keep_sent)
         else:  # the same sentences, hypotheses reordered within each: the source side stays as it is
             state = state.select(flat_origin)
-
-    out_scores = fin_scores[:, :n_best].tolist()
-    out_tokens = fin_tokens[:, :n_best].tolist()
-    return [
-        [Hypothesis(_strip(toks), score) for toks, score in zip(sent_tokens, sent_scores)]
-        for sent_tokens, sent_scores in zip(out_tokens, out_scores)
-    ]
+    return finished.best(n_best)
 
 
 def decode(

@@ -17,25 +17,19 @@ fit the schema gets 422 with a one-line `error` beside FastAPI's `detail`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import threading
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nmt.alignment import attention_weights
-from nmt.config import DecodeConfig
 from nmt.errors import NMTError
-from nmt.search import Searchable
-from nmt.tokenizer import Tokenizer
-from nmt.translate import source_ids, translate_ids
+from nmt.translate import Translator
 
 MAX_BEAM = 16
 
@@ -92,29 +86,28 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class Translator:
-    """The model, its tokenizer and the lock that makes requests take turns."""
+class Service:
+    """A Translator behind a lock: requests take turns, each translated as `nmt translate` would."""
 
-    def __init__(self, model: Searchable, tok: Tokenizer, device: torch.device, base: DecodeConfig):
-        self.model, self.tok, self.device, self.base = model, tok, device, base
+    def __init__(self, translator: Translator):
+        self.translator = translator
         self.lock = threading.Lock()
 
     def __call__(self, lines: list[str], beam: int | None, attention: bool) -> dict[str, Any]:
-        opts = self.base if beam is None else dataclasses.replace(self.base, beam=beam)
-        with self.lock:  # translation and attention run in inference mode themselves
-            src = source_ids(self.tok, lines, self.model.cfg.max_src_len)
-            hyp = translate_ids(self.model, src, opts, self.device)
-            out: dict[str, Any] = {"translations": self.tok.decode_tgt(hyp)}
-            if attention:
-                weights = attention_weights(self.model, src, hyp, self.device, opts.batch_size)
-                out["attention"] = [
-                    None if w is None else {
-                        "source": self.tok.src_pieces(s), "target": self.tok.tgt_pieces(h),
-                        "weights": [[round(x, 4) for x in row] for row in w.tolist()],  # (T + 1, S + 1)
-                    }
-                    for s, h, w in zip(src, hyp, weights)
-                ]
-        return out
+        with self.lock:
+            if not attention:
+                return {"translations": self.translator.translate(lines, beam=beam)}
+            results = self.translator.translations(lines, attention=True, beam=beam)
+        return {
+            "translations": [r.text for r in results],
+            "attention": [
+                None if r.attention is None else {
+                    "source": r.source, "target": r.pieces,
+                    "weights": [[round(x, 4) for x in row] for row in r.attention.tolist()],  # (T + 1, S + 1)
+                }
+                for r in results
+            ],
+        }
 
 
 def _one_line(errors: list[dict]) -> str:
@@ -128,6 +121,7 @@ def _one_line(errors: list[dict]) -> str:
 
 
 def create_app(translator: Translator, info: dict[str, Any], max_bytes: int = 65536, max_lines: int = 64) -> FastAPI:
+    service = Service(translator)
     app = FastAPI(title="nmt", description="LSTM neural machine translation", version=info.get("version", ""))
     page = resources.files("nmt").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -149,7 +143,7 @@ def create_app(translator: Translator, info: dict[str, Any], max_bytes: int = 65
         if len(request.text) > max_lines:
             return JSONResponse({"error": f"{len(request.text)} lines: over the server's limit of {max_lines} per request"},
                                 status_code=413)
-        return translator(request.text, request.beam, request.attention)
+        return service(request.text, request.beam, request.attention)
 
     app.add_middleware(BodyLimit, limit=max_bytes)
     return app

@@ -7,14 +7,19 @@ The models travel as serialized bytes: written into the run directory and embedd
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import sentencepiece as spm
 
+from nmt.config import DataConfig
 from nmt.errors import NMTError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+log = logging.getLogger(__name__)
 
 
 def train_spm(
@@ -115,3 +120,34 @@ class Tokenizer:
 
     def tgt_pieces(self, ids: list[int]) -> list[str]:
         return [self.tgt.id_to_piece(i) for i in ids]
+
+
+def tokenizer_for_run(cfg: DataConfig, run_dir: Path, train_text: Any, seed: int) -> Tokenizer:
+    """A training run's SentencePiece model(s): loaded from the run directory (`spm.model`, or `spm.src.model` and
+    `spm.tgt.model` when the vocabulary is not joint), or trained on `train_text` (a dataset with text columns
+    `src` and `tgt`) and written there."""
+    joint, src_file, tgt_file = run_dir / "spm.model", run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+    if cfg.joint_vocab and joint.is_file():
+        proto = joint.read_bytes()
+        return Tokenizer(proto, proto)
+    if not cfg.joint_vocab and src_file.is_file() and tgt_file.is_file():
+        return Tokenizer(src_file.read_bytes(), tgt_file.read_bytes())
+
+    def column(name: str) -> Iterator[str]:
+        for chunk in train_text.select_columns([name]).iter(batch_size=1000):
+            yield from chunk[name]
+
+    def train(sentences: Iterable[str], where: str) -> bytes:
+        return train_spm(sentences, cfg.vocab_size, cfg.spm_type, cfg.spm_sentences, seed, where)
+
+    kind = "joint" if cfg.joint_vocab else "per language"
+    log.info("training SentencePiece (%s, %d pieces, %s)", cfg.spm_type, cfg.vocab_size, kind)
+    if cfg.joint_vocab:
+        proto = train((s for name in ("src", "tgt") for s in column(name)), cfg.train)
+        joint.write_bytes(proto)
+        return Tokenizer(proto, proto)
+    src = train(column("src"), f"{cfg.train} ({cfg.src_lang})")
+    tgt = train(column("tgt"), f"{cfg.train} ({cfg.tgt_lang})")
+    src_file.write_bytes(src)
+    tgt_file.write_bytes(tgt)
+    return Tokenizer(src, tgt)

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.cli import read_text_lines  # noqa: E402
 from nmt.config import load_config  # noqa: E402
 from nmt.data import corpus_file  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
+from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 BEAM = 5
@@ -98,7 +98,7 @@ def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
     for prefix in cfg.data.test:
         src, ref = (corpus_file(str(ROOT / prefix), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang))
         result, seconds = evaluate(model, src, ref, alpha, out / f"{direction}.{Path(prefix).name}.json")
-        n = len(read_text_lines(str(src)))
+        n = count_lines(src)
         rows.append({
             "direction": direction, "test_set": Path(prefix).name, "bleu": result["bleu"], "chrf": result["chrf"],
             "signature": result["bleu_signature"], "minutes": done["minutes"], "steps": done["step"],
@@ -122,7 +122,7 @@ def write_table(rows: list[dict], path: Path) -> None:
     signatures = sorted({r["signature"] for r in rows})
     lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
               "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included."]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -170,7 +170,7 @@ def main() -> None:
     fresh = [row for d in args.directions for row in bench_direction(d, args.reuse, args.out)]
     rows = [r for r in earlier if r["direction"] not in args.directions] + fresh
     rows.sort(key=lambda r: (DIRECTIONS.index(r["direction"]), r["test_set"]))
-    table.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    write_text(table, json.dumps(rows, indent=1) + "\n")
     write_table(rows, args.out / "bench.md")
     plot(rows, args.out / "valid_bleu.png")
     print((args.out / "bench.md").read_text(encoding="utf-8"))

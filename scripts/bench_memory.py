@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.cli import read_text_lines  # noqa: E402
+from nmt.textio import atomic_write, count_lines, read_lines, write_text  # noqa: E402
 
 
 def build_large(src: Path, factor: int, dest: Path) -> Path:
@@ -31,15 +31,13 @@ def build_large(src: Path, factor: int, dest: Path) -> Path:
     prefix = dest / "train"
     if all(Path(f"{prefix}.{lang}").is_file() for lang in ("en", "de")):
         return prefix
-    en, de = (read_text_lines(str(src / f"train.{lang}.gz")) for lang in ("en", "de"))
+    en, de = (list(read_lines(src / f"train.{lang}.gz")) for lang in ("en", "de"))
     rng = random.Random(0)
     picks = [rng.randrange(len(en)) for _ in range(factor * len(en))]
     dest.mkdir(parents=True, exist_ok=True)
     for lang, lines in (("en", en), ("de", de)):
-        tmp = Path(f"{prefix}.{lang}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_write(f"{prefix}.{lang}") as tmp, tmp.open("w", encoding="utf-8") as f:  # streamed
             f.writelines(lines[i] + "\n" for i in picks)
-        os.replace(tmp, f"{prefix}.{lang}")
     return prefix
 
 
@@ -56,8 +54,8 @@ def train_peak(name: str, train_prefix: str, steps: int, work: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{name}: nmt train failed with status {status}")
-    pairs = sum(1 for _ in open(f"{train_prefix}.en", encoding="utf-8")) if Path(f"{train_prefix}.en").is_file() \
-        else len(read_text_lines(f"{train_prefix}.en.gz"))
+    plain = Path(f"{train_prefix}.en")
+    pairs = count_lines(plain if plain.is_file() else f"{plain}.gz")
     return {"corpus": name, "pairs": pairs, "steps": steps, "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -77,12 +75,13 @@ def main() -> None:
             train_peak(f"multi30k-x{args.factor}", str(large), args.steps, args.work)]
     ratio = rows[1]["peak_rss_gib"] / rows[0]["peak_rss_gib"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps({"rows": rows, "ratio": round(ratio, 3)}, indent=1) + "\n")
+    result = {"rows": rows, "ratio": round(ratio, 3)}
+    write_text(args.out / "memory.json", json.dumps(result, indent=1) + "\n")
     lines = ["| training corpus | pairs | steps | peak resident memory (GiB) | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['corpus']} | {r['pairs']:,} | {r['steps']} | {r['peak_rss_gib']} | {r['seconds']} |" for r in rows]
     lines.append(f"\nPeak memory ratio, large / Multi30k: {ratio:.2f} (whole `nmt train` processes from scratch: "
                  "SentencePiece, encoding, training, one validation).")
-    (args.out / "memory.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "memory.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

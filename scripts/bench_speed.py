@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.cli import read_text_lines  # noqa: E402  (neither imports torch: translation is timed before torch is
-from nmt.config import load_config  # noqa: E402  imported)
+from nmt.config import load_config  # noqa: E402  (neither imports torch: translation is timed before torch
+from nmt.textio import read_lines, write_lines, write_text  # noqa: E402  is imported)
 
 # Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
 # are timed first, while this process is small; torch and the training data are loaded afterwards.
@@ -85,20 +85,21 @@ def training_throughput(
     import torch
 
     from nmt import data
+    from nmt.device import resolve_precision
+    from nmt.distributed import World
     from nmt.model import Seq2Seq
-    from nmt.train import output_pieces, resolve_precision, tokenizer_for_run, train_step
+    from nmt.train import prepare
+    from nmt.trainer import train_step
 
     cfg = load_config(run_dir / "config.yaml")
     cfg.model = dataclasses.replace(cfg.model, **model_overrides)
-    cfg.train.precision = resolve_precision(precision, device)
-    text = data.load_text(cfg.data, cfg.data.train)
-    tok = tokenizer_for_run(cfg, run_dir, text)  # the run's own SentencePiece model(s)
-    ds = data.encode(cfg.data, text, tok, clean=True, name="train")
+    precision = resolve_precision(precision, device)
+    prepared = prepare(cfg, run_dir, World())  # the run's own SentencePiece model(s) and encoded corpus
+    ds = prepared.train_ds
     src_lens, tgt_lens = data.columns(ds)
     batches = data.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, torch.Generator().manual_seed(0))
-    output_ids = output_pieces(cfg.model, ds)
     torch.manual_seed(0)
-    model = Seq2Seq(cfg.model, output_ids).to(device).train()
+    model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     lr = cfg.train.lr
     tokens = src_tokens = 0
@@ -107,16 +108,16 @@ def training_throughput(
             synchronize(device)
             start, tokens, src_tokens = time.perf_counter(), 0, 0
         batch = data.collate(ds, batches[i % len(batches)]).to(device)
-        train_step(model, optimizer, [batch], lr, cfg.train, batch.n_tokens)
+        train_step(model, optimizer, [batch], lr, cfg.train, batch.n_tokens, precision)
         tokens += batch.n_tokens
         src_tokens += int(batch.src_lens.sum())
     synchronize(device)
     seconds = time.perf_counter() - start
     flops = flops_per_target_token(model, src_tokens / tokens) * tokens / seconds
-    return {"name": name, "precision": cfg.train.precision, "tokens_per_s": round(tokens / seconds, 1), "steps": steps,
+    return {"name": name, "precision": precision, "tokens_per_s": round(tokens / seconds, 1), "steps": steps,
             "batch_tokens": cfg.train.batch_tokens,
             "sentences_per_batch": round(len(ds) / len(batches), 1), "gflops": round(flops / 1e9, 2),
-            "parameters": model.num_parameters(), "output_rows": cfg.model.out_vocab_size or cfg.model.tgt_vocab_size}
+            "parameters": model.num_parameters(), "output_rows": prepared.vocab.rows}
 
 
 def translate_process(model: Path, src: Path, beam: int, repeats: int, precision: str, device: str) -> dict:
@@ -142,7 +143,7 @@ def translate_process(model: Path, src: Path, beam: int, repeats: int, precision
 def read_split(prefix: str, lang: str) -> list[str]:
     # Not nmt.data.corpus_file: that module imports torch, which must wait until the translations are timed.
     plain = Path(f"{prefix}.{lang}")
-    return read_text_lines(str(plain if plain.is_file() else f"{plain}.gz"))
+    return list(read_lines(plain if plain.is_file() else f"{plain}.gz"))
 
 
 def main() -> None:
@@ -166,7 +167,7 @@ def main() -> None:
     cfg = load_config(run_dir / "config.yaml")
     test = Path(cfg.data.test[0])
     src, refs = Path("/tmp/nmt-bench-src.txt"), read_split(str(test), cfg.data.tgt_lang)
-    src.write_text("".join(s + "\n" for s in read_split(str(test), cfg.data.src_lang)), encoding="utf-8")
+    write_lines(src, read_split(str(test), cfg.data.src_lang))
     model = run_dir / "best.safetensors"
     precisions = ("fp32", "bf16") if args.device.startswith("cuda") else ("fp32", "bf16", "int8")
     translations = [translate_process(model, src, beam, args.repeats, precision, args.device)
@@ -202,7 +203,7 @@ def main() -> None:
     result["translate"] = translations
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(args.out / "speed.json", json.dumps(result, indent=2) + "\n")
     machine, gemm = result["machine"], result["gemm_gflops"]
     lines = [
         f"Machine: {machine['cpu']}, {machine['threads']} torch threads, torch {machine['torch']}, device {machine['device']}. "
@@ -224,7 +225,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['precision']} | {r['seconds']} | {r['sentences_per_s']} | {r['peak_gib']} | {r['bleu']} "
                      f"| {r['bleu_cost']:+.2f} |")
     lines.append(f"\nMedian of {args.repeats} processes each. BLEU cost: fp32's BLEU minus this one's.")
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from nmt.config import ModelConfig
 from nmt.model import Seq2Seq
+from nmt.vocab import OutputVocab
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +29,20 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def tiny_model(seed: int = 0, output_ids: list[int] | torch.Tensor | None = None, **overrides) -> Seq2Seq:
-    """A tiny model; given `output_ids`, its output layer covers those pieces only."""
+def tiny_model(seed: int = 0, pieces: list[int] | torch.Tensor | None = None, **overrides) -> Seq2Seq:
+    """A tiny model; given `pieces`, its output layer covers those pieces only."""
     torch.manual_seed(seed)
-    if output_ids is None:
-        return Seq2Seq(tiny_config(**overrides))
-    output_ids = torch.as_tensor(output_ids)
-    return Seq2Seq(tiny_config(**overrides, out_vocab_size=output_ids.numel()), output_ids)
+    cfg = tiny_config(**overrides)
+    vocab = None if pieces is None else OutputVocab(cfg.tgt_vocab_size, torch.as_tensor(pieces))
+    return Seq2Seq(cfg, vocab)
+
+
+def training_step(model: Seq2Seq, prev: torch.Tensor, state):
+    """The reference for one decoding step: the teacher-forced training path (`Decoder.run`, with dropout when
+    the model is in training mode) on one token → log-probabilities (N, V_out), the next state, attention (N, S)."""
+    vectors, state, weights = model.decoder.run(prev.unsqueeze(1), state)
+    logits = model.decoder.logits(vectors[:, 0])
+    return torch.log_softmax(logits.float(), dim=-1), state, weights[:, 0]
 
 
 # Every architecture variant the config allows, for the tests that must hold for all of them.

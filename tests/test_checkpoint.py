@@ -27,7 +27,7 @@ def test_model_file_rebuilds_model_and_tokenizer(tmp_path, tok):
     assert loaded.cfg == model.cfg and info == {"step": 7}
     assert loaded_tok.src_proto == tok.src_proto and loaded_tok.joint
     batch = make_batch([[4, 5, 6]], [[7, 8]])
-    torch.testing.assert_close(loaded(batch), model(batch))
+    torch.testing.assert_close(loaded.logits(batch), model.logits(batch))
     assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 
@@ -58,7 +58,7 @@ def test_other_version_and_foreign_safetensors(tmp_path, tok):
     with pytest.raises(NMTError, match="without nmt's metadata"):
         load_model(tmp_path / "foreign.safetensors")
     save_file({"w": torch.zeros(2)}, tmp_path / "future.safetensors", metadata={"format": "nmt-model", "version": "99"})
-    with pytest.raises(NMTError, match="model file version '99', this nmt reads version 1"):
+    with pytest.raises(NMTError, match="model file version '99', this nmt reads versions 1 to 2"):
         load_model(tmp_path / "future.safetensors")
 
 
@@ -70,3 +70,24 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(NMTError, match="bad.pt: not a loadable checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_version_1_files_load_as_they_were_saved(tmp_path, tok):
+    """Version 1 kept the output layer's pieces as the buffer `decoder.output_ids`: such a file still loads, with
+    that output vocabulary and the same weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from nmt.checkpoint import tensor_digest
+
+    pieces = [0, 1, 2, 3, 5, 8, 13]
+    model = tiny_model(pieces=pieces, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size).eval()
+    save_model(tmp_path / "v2.safetensors", model, tok)
+    with safe_open(str(tmp_path / "v2.safetensors"), framework="pt") as f:
+        metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    tensors["decoder.output_ids"] = tensors.pop("decoder.vocab.pieces")
+    save_file(tensors, tmp_path / "v1.safetensors", metadata={**metadata, "version": "1", "sha256": tensor_digest(tensors)})
+    loaded, _, _ = load_model(tmp_path / "v1.safetensors")
+    assert loaded.vocab.pieces.tolist() == pieces
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name

@@ -26,38 +26,39 @@ def test_training_writes_a_complete_run_directory(trained):
 
 def test_output_layer_covers_the_training_targets_pieces(trained):
     from nmt.checkpoint import load_model
-    from nmt.data import read_lines
+    from nmt.textio import read_lines
 
     model, tok, _ = load_model(trained["model"])
     targets = list(read_lines(trained["work"] / "toy" / "train.de"))
     seen = sorted({0, 1, 2, 3} | {i for ids in tok.encode_tgt(targets) for i in ids})
     # 64 rows would be more than the toy vocabulary has: the layer keeps the seen pieces only.
     assert len(seen) <= 64 > tok.tgt_vocab_size
-    assert model.output_ids.tolist() == seen and model.cfg.out_vocab_size == len(seen)
+    assert model.vocab.pieces.tolist() == seen and model.cfg.out_vocab_size == len(seen)
     assert len(seen) < tok.tgt_vocab_size  # the joint vocabulary's English-only pieces are left out
     config = yaml.safe_load((trained["run"] / "config.yaml").read_text())
     assert config["model"]["out_vocab_size"] == len(seen)
 
 
 @pytest.mark.parametrize("multiple", [1, 8, 16, 64])
-def test_output_pieces_are_the_seen_ones_made_up_to_a_multiple(tmp_path, multiple):
+def test_output_pieces_are_the_seen_ones_made_up_to_a_multiple(tmp_path, monkeypatch, multiple):
     import datasets
 
-    from nmt.config import ModelConfig
-    from nmt.train import output_pieces
+    from nmt import data, vocab
+    from nmt.vocab import OutputVocab
 
     targets = [[5, 9, 9], [17, 6], [30, 5]]
     ds = datasets.Dataset.from_dict({"tgt_ids": targets})
-    cfg = ModelConfig(tgt_vocab_size=40)
-    ids = output_pieces(cfg, ds, multiple).tolist()
+    monkeypatch.setattr(vocab, "ROW_MULTIPLE", multiple)
+    built = OutputVocab.build("seen", 40, data.target_pieces(ds))
+    ids = built.pieces.tolist()
     seen = {0, 1, 2, 3, 5, 6, 9, 17, 30}
     if multiple == 64:  # more than the 40 pieces: the seen ones alone
         assert ids == sorted(seen)
     else:
         assert len(ids) % multiple == 0 and len(ids) - len(seen) < multiple and seen <= set(ids)
         assert ids == sorted(set(ids)) and max(ids) < 40
-    assert cfg.out_vocab_size == len(ids)
-    assert output_pieces(ModelConfig(tgt_vocab_size=40, output_vocab="all"), ds) is None
+    assert built.rows == len(ids)
+    assert OutputVocab.build("all", 40, None).pieces is None and OutputVocab.build("all", 40, None).rows == 40
 
 
 def test_translate_keeps_lines_order_and_empty_lines(trained):

@@ -48,8 +48,8 @@ def tokenizers():
     return Tokenizer(one, one), Tokenizer(other, other)
 
 
-def model_for(tok: Tokenizer, seed: int, output_ids: list[int] | None = None, **cfg):
-    return tiny_model(seed, output_ids, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
+def model_for(tok: Tokenizer, seed: int, pieces: list[int] | None = None, **cfg):
+    return tiny_model(seed, pieces, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, **cfg)
 
 
 @pytest.mark.parametrize("output_ids", [None, [0, 1, 2, 3, 5, 8, 13]])
@@ -64,8 +64,8 @@ def test_average_is_the_elementwise_mean(tmp_path, tokenizers, capsys, output_id
     s1, s2 = m1.state_dict(), m2.state_dict()
     for name, tensor in averaged.state_dict().items():
         torch.testing.assert_close(tensor, (s1[name] + s2[name]) / 2 if tensor.is_floating_point() else s1[name], msg=name)
-    assert (averaged.output_ids is None) == (output_ids is None)
-    assert output_ids is None or averaged.output_ids.tolist() == output_ids  # the pieces, not their mean
+    assert (averaged.vocab.pieces is None) == (output_ids is None)
+    assert output_ids is None or averaged.vocab.pieces.tolist() == output_ids  # the pieces, not their mean
 
 
 def test_combining_incompatible_models_fails_clearly(tmp_path, tokenizers):

@@ -166,7 +166,7 @@ def bad_models(tmp_path, model_file) -> dict[str, Path]:
         ("flipped", "corrupted model file (the weights do not match their checksum)"),
         ("text", "not an nmt model file"),
         ("empty", "not an nmt model file"),
-        ("version", "model file version '99', this nmt reads version 1"),
+        ("version", "model file version '99', this nmt reads versions 1 to 2"),
     ],
 )
 def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, name, fragment):

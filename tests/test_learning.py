@@ -30,7 +30,7 @@ def test_learns_to_reverse_exactly(input_feeding):
     for _ in range(400):
         src = sequences(rng, 64)
         batch = make_batch(src, [s[::-1] for s in src])
-        loss = token_loss_sum(model(batch), batch.tgt_out) / batch.n_tokens
+        loss = token_loss_sum(model.logits(batch), batch.tgt_out) / batch.n_tokens
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

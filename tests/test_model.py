@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VARIANTS, tiny_model
+from conftest import VARIANTS, tiny_model, training_step
 from nmt.batch import Batch, make_batch, pad
 from nmt.errors import NMTError
+from nmt.model import Seq2Seq
 from nmt.loss import token_loss_sum
 from nmt.tokenizer import EOS, PAD
 
@@ -23,7 +24,7 @@ def padded_more(batch: Batch, extra: int) -> Batch:
 
 def loss_and_grads(model, batch: Batch, label_smoothing: float = 0.0):
     model.zero_grad()
-    loss = token_loss_sum(model(batch), batch.tgt_out, label_smoothing)
+    loss = token_loss_sum(model.logits(batch), batch.tgt_out, label_smoothing)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -32,7 +33,7 @@ def loss_and_grads(model, batch: Batch, label_smoothing: float = 0.0):
 def test_shapes(variant):
     model = tiny_model(**variant)
     batch = make_batch(SRC, TGT)
-    logits = model(batch)
+    logits = model.logits(batch)
     assert logits.shape == (3, 6, model.cfg.tgt_vocab_size)  # T = longest target + 1
     state = model.encode(batch.src, batch.src_lens)
     assert state.memory.shape == (3, 6, 2 * model.cfg.enc_hidden)  # S = longest source + EOS
@@ -65,8 +66,8 @@ def test_padding_changes_neither_loss_nor_gradients(variant, label_smoothing):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batch_loss_is_the_sum_of_sentence_losses(variant):
     model = tiny_model(**variant)
-    together = token_loss_sum(model(make_batch(SRC, TGT)), make_batch(SRC, TGT).tgt_out)
-    alone = sum(token_loss_sum(model(b), b.tgt_out) for b in (make_batch([s], [t]) for s, t in zip(SRC, TGT)))
+    together = token_loss_sum(model.logits(make_batch(SRC, TGT)), make_batch(SRC, TGT).tgt_out)
+    alone = sum(token_loss_sum(model.logits(b), b.tgt_out) for b in (make_batch([s], [t]) for s, t in zip(SRC, TGT)))
     torch.testing.assert_close(together, alone)
 
 
@@ -108,7 +109,7 @@ def test_pad_fills_with_pad_id():
 def teacher_forced_and_stepped(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities (B, T, V) of the training path and of decoding's one step at a time, same inputs."""
     with torch.no_grad():
-        forced = torch.log_softmax(model(batch), dim=-1)
+        forced = torch.log_softmax(model.logits(batch), dim=-1)
         state = model.encode(batch.src, batch.src_lens)
         stepped = []
         for t in range(batch.tgt_in.size(1)):
@@ -133,10 +134,11 @@ def test_hypotheses_sharing_a_memory_step_as_with_their_own_copy(variant, traini
     batch = make_batch(SRC, TGT)
     rows = torch.arange(3).repeat_interleave(4)  # (12,) four hypotheses per sentence
     prev = torch.tensor([2, 5, 6, 7, 2, 8, 9, 10, 2, 4, 5, 6])  # (12,) a different last token per row
+    step = (lambda p, s: training_step(model, p, s)) if training else model.step
     with torch.no_grad():
         state = model.encode(batch.src, batch.src_lens)
-        shared = model.step(prev, state.select(rows))
-        copied = model.step(prev, state.select(rows, rows))
+        shared = step(prev, state.select(rows))
+        copied = step(prev, state.select(rows, rows))
         assert shared[1].memory.size(0) == 3 and copied[1].memory.size(0) == 12
         for a, b in zip((shared[0], shared[1].h, shared[1].c, shared[1].feed, shared[2]),
                         (copied[0], copied[1].h, copied[1].c, copied[1].feed, copied[2])):
@@ -149,7 +151,7 @@ def test_decoding_follows_weight_updates():
     teacher_forced_and_stepped(model, batch)  # builds the layout
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model.train()
-    token_loss_sum(model(batch), batch.tgt_out).backward()
+    model(batch).backward()
     optimizer.step()
     forced, stepped = teacher_forced_and_stepped(model.eval(), batch)
     torch.testing.assert_close(stepped, forced)
@@ -198,7 +200,7 @@ def test_chunked_loss_equals_the_loss_of_the_whole_logits(variant):
         whole, grads = loss_and_grads(model, batch, label_smoothing)
         model.zero_grad()
         chunked = model(batch, label_smoothing)  # the training path, 3 target tokens at a time
-        chunked_small = model.loss_sum(batch, label_smoothing, chunk=3)
+        chunked_small = model(batch, label_smoothing, chunk=3)
         torch.testing.assert_close(chunked, whole)
         torch.testing.assert_close(chunked_small, whole)
         chunked_small.backward()
@@ -213,10 +215,10 @@ SEEN = torch.tensor([0, 1, 2, 3, 4, 6, 7, 9])  # the pieces an output layer of "
 def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
     """A model whose output layer covers `seen` only, and a full-vocabulary model with the same weights whose output
     bias is -inf on the other pieces: the second's probabilities are the first's, spread over all columns."""
-    restricted = tiny_model(output_ids=seen, **variant)
+    restricted = tiny_model(pieces=seen, **variant)
     full = tiny_model(**variant)
     state = restricted.state_dict()
-    del state["decoder.output_ids"]
+    del state["decoder.vocab.pieces"]
     name = "decoder.out_bias" if restricted.cfg.tie_embeddings else "decoder.output.bias"
     bias = torch.full((full.cfg.tgt_vocab_size,), float("-inf"))
     bias[seen] = state[name]
@@ -233,21 +235,20 @@ def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_output_layer_over_seen_pieces_is_the_full_softmax_renormalised(variant, precision):
     restricted, full = restricted_and_masked(variant)
-    assert restricted.output_ids.tolist() == SEEN.tolist()
+    assert restricted.vocab.pieces.tolist() == SEEN.tolist()
     restricted.set_precision(precision), full.set_precision(precision)
     batch = make_batch(SRC, TGT)
     prev = torch.tensor([2, 6, 9])
-    for training in (False, True):  # the step layout of decoding, and the training path
-        restricted.train(training), full.train(training)
-        logp, _, attn = restricted.step(prev, restricted.encode(batch.src, batch.src_lens))
-        full_logp, _, full_attn = full.step(prev, full.encode(batch.src, batch.src_lens))
+    for step in (Seq2Seq.step, training_step):  # the step layout of decoding, and the training path
+        logp, _, attn = step(restricted, prev, restricted.encode(batch.src, batch.src_lens))
+        full_logp, _, full_attn = step(full, prev, full.encode(batch.src, batch.src_lens))
         assert logp.shape == (3, SEEN.numel())
         torch.testing.assert_close(logp, full_logp[:, SEEN])
         torch.testing.assert_close(attn, full_attn)
     # Training's loss: targets are mapped to their columns; a piece outside the layer would count as UNK.
-    assert restricted.decoder.columns(torch.tensor([[9, 4, 0], [3, 5, 2]])).tolist() == [[7, 4, 0], [3, 1, 2]]
+    assert restricted.vocab.columns(torch.tensor([[9, 4, 0], [3, 5, 2]])).tolist() == [[7, 4, 0], [3, 1, 2]]
     for smoothing in (0.0, 0.1):
         restricted_loss = restricted(batch, smoothing)
-        masked = full(batch)[..., SEEN]  # (B, T, V_out): what the full model gives the seen pieces
-        expected = token_loss_sum(masked, restricted.decoder.columns(batch.tgt_out), smoothing)
+        masked = full.logits(batch)[..., SEEN]  # (B, T, V_out): what the full model gives the seen pieces
+        expected = token_loss_sum(masked, restricted.vocab.columns(batch.tgt_out), smoothing)
         torch.testing.assert_close(restricted_loss, expected)

@@ -15,6 +15,7 @@ from nmt.config import DecodeConfig
 from nmt.search import beam_search, decode, greedy, length_penalty, top_k
 from nmt.tokenizer import BOS, EOS, PAD, UNK
 from nmt.translate import translate_ids
+from nmt.vocab import OutputVocab
 
 SOURCES = [[4, 5, 6, 7, 8, 9], [10], [11, 12, 4], [5, 5, 5, 6]]
 
@@ -76,7 +77,7 @@ class Bigram:
     """Fixed next-token probabilities given the previous token: a search problem worked out by hand below."""
 
     A, B = 4, 5
-    output_ids = None  # column j of the log-probabilities is token j
+    vocab = OutputVocab(6)  # column j of the log-probabilities is token j
 
     def __init__(self):
         probs = torch.zeros(6, 6)

@@ -1,0 +1,72 @@
+"""The run directory: what a training run writes, and where.
+
+  config.yaml         the config it ran with (vocabulary sizes and the precision it used filled in)
+  spm.model           the SentencePiece model (spm.src.model and spm.tgt.model when the vocabulary is not joint)
+  metrics.jsonl       one JSON object per log interval, validation and test score
+  curves.png          training loss, validation perplexity and BLEU against steps and minutes
+  best.safetensors    the model with the best validation BLEU: self-contained, what `nmt translate` reads
+  step-N.safetensors  the last `train.keep_last` validations' models, for `nmt average`
+  checkpoint.pt       model, optimizer and trainer state for `--resume`
+  train.log           the log
+  <test split>.<lang>.hyp   the best model's translations of each test split
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from nmt.errors import NMTError
+
+BEST = "best.safetensors"
+CURVES = "curves.png"
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+
+
+def make_run_dir(path: str, resume: bool) -> Path:
+    """The run directory, made if missing; NMTError when it cannot be, or when resuming finds no checkpoint."""
+    run_dir = Path(path)
+    if resume and not (run_dir / CHECKPOINT).is_file():
+        raise NMTError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NMTError(f"train.run_dir: cannot create {run_dir} ({e.strerror})") from None
+    return run_dir
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line, appended and flushed as it happens."""
+
+    def __init__(self, file: IO[str]):
+        self.file = file
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+
+@contextlib.contextmanager
+def run_files(run_dir: Path, main: bool = True) -> Iterator[MetricsLog]:
+    """The run's log file (a handler on the `nmt` logger) and metrics log, for the duration of a run. Under
+    torchrun only rank 0 (`main`) writes them; the others log warnings only, and their metrics go nowhere."""
+    logger = logging.getLogger("nmt")
+    if not main:
+        logger.setLevel(logging.WARNING)
+        with open(os.devnull, "w") as sink:
+            yield MetricsLog(sink)
+        return
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            yield MetricsLog(f)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

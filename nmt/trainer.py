@@ -1,0 +1,326 @@
+"""The trainer: one object that holds a run's state (model, optimizer, progress) and takes it through the loop:
+steps over length-bucketed batches, validation every `valid_every` steps (BLEU through the same `Translator` as
+`nmt translate`), the best model kept, learning-rate cuts, early stopping, the time budget, and a checkpoint at
+every validation for an exact `--resume`. The pure pieces (learning rate, budget, one step) are functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import datasets
+import torch
+from tqdm import tqdm
+
+from nmt import data
+from nmt.batch import Batch
+from nmt.checkpoint import VERSION, load_checkpoint, migrate, save_checkpoint, save_model
+from nmt.config import Config, ModelConfig, TrainConfig
+from nmt.distributed import World
+from nmt.metrics import bleu
+from nmt.model import Seq2Seq
+from nmt.plot import plot_runs
+from nmt.rundir import BEST, CHECKPOINT, CURVES, MetricsLog
+from nmt.tokenizer import Tokenizer
+from nmt.translate import Translator
+from nmt.vocab import OutputVocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Trainer state that a checkpoint must restore for an exact resume."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # steps of the current epoch already taken (each world size × accumulate batches)
+    best_bleu: float = -1.0
+    bad_validations: int = 0  # since the best BLEU, for early stopping
+    plateau_validations: int = 0  # since the best BLEU or the last learning-rate cut
+    lr_scale: float = 1.0
+    elapsed: float = 0.0  # seconds of training before this process
+
+
+def learning_rate(step: int, cfg: TrainConfig, scale: float) -> float:
+    """Linear warm-up over `warmup_steps`, then constant or 1/sqrt decay, times the plateau scale."""
+    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decay = 1.0
+    if cfg.lr_decay == "inverse_sqrt" and step > max(cfg.warmup_steps, 1):
+        decay = math.sqrt(max(cfg.warmup_steps, 1) / step)
+    return max(cfg.lr * warm * decay * scale, cfg.min_lr if step >= cfg.warmup_steps else 0.0)
+
+
+def over_budget(t: TrainConfig, progress: Progress, seconds: float, longest_validation: float) -> bool:
+    """Whether training must stop now: `max_steps` or `max_epochs` reached, or `seconds` of training so far plus
+    a validation as long as the longest one so far (the last must fit too) reach `time_budget_min`."""
+    return bool(
+        (t.max_steps and progress.step >= t.max_steps)
+        or (t.time_budget_min and seconds + longest_validation >= t.time_budget_min * 60)
+        or (t.max_epochs and progress.epoch >= t.max_epochs)
+    )
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch], lr: float, t: TrainConfig,
+    n_tokens: int, precision: str, world_size: int = 1,
+) -> torch.Tensor:
+    """One update from this process's `batches` (gradients accumulated over them and, under DDP, averaged over
+    the processes), normalised by `n_tokens`, the target tokens of the whole step on all processes, so every
+    token weighs the same however the step is split; `precision` bf16 runs the forward pass under autocast.
+    Returns this process's summed loss, detached, on its device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=batches[0].src.device)
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        # DDP all-reduces gradients in backward: only once, after the last batch of the step.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss_sum = model(batch, t.label_smoothing)  # summed over target tokens
+            (loss_sum * world_size / n_tokens).backward()  # DDP averages over the world: × size undoes it
+        total += loss_sum.detach()
+    if t.clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
+    optimizer.step()
+    return total
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) inside, and back in the mode it had after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def validation_loss(model: Seq2Seq, ds: datasets.Dataset, batch_tokens: int) -> float:
+    """Mean per-token negative log-likelihood (no label smoothing) over `ds`."""
+    src_lens, tgt_lens = data.columns(ds)
+    total, tokens = 0.0, 0
+    for indices in data.token_batches(src_lens, tgt_lens, batch_tokens, generator=None):
+        batch = data.collate(ds, indices).to(model.device)
+        total += float(model(batch, 0.0))
+        tokens += batch.n_tokens
+    return total / max(tokens, 1)
+
+
+@dataclass
+class Prepared:
+    """What a run derives from its config and data before the model exists."""
+
+    tok: Tokenizer
+    train_ds: datasets.Dataset  # encoded, cleaned
+    valid_ds: datasets.Dataset  # encoded
+    valid_text: dict[str, list[str]]  # src, tgt
+    model_cfg: ModelConfig  # the model section with the vocabulary sizes filled in
+    vocab: OutputVocab
+
+
+@dataclass
+class Window:
+    """Training loss and tokens since the last progress line."""
+
+    loss: torch.Tensor | float = 0.0  # summed, a tensor on the device: no host sync per step
+    tokens: int = 0
+    start: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Trainer:
+    """The state of a run, in one object: model, optimizer, progress, and what validation needs."""
+
+    def __init__(self, cfg: Config, prepared: Prepared, precision: str, run_dir: Path, world: World,
+                 device: torch.device, metrics: MetricsLog, start: float, resume: bool):
+        self.cfg, self.t, self.prepared, self.precision = cfg, cfg.train, prepared, precision
+        self.run_dir, self.world, self.metrics, self.start = run_dir, world, metrics, start
+        self.model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
+        self.progress = Progress()
+        if resume:
+            self.restore(load_checkpoint(run_dir / CHECKPOINT))
+        if world.size > 1:
+            torch.manual_seed(self.t.seed * 1_000 + world.rank + self.progress.step)  # each rank its own dropout
+        self.stepped = torch.nn.parallel.DistributedDataParallel(self.model) if world.size > 1 else self.model
+        valid_decode = dataclasses.replace(cfg.decode, beam=self.t.valid_beam)
+        self.translator = Translator(self.model, prepared.tok, "fp32", valid_decode)
+        self.validation_seconds: list[float] = []  # each validation's, saving and plotting included
+        self.window = Window()
+        self.bar = tqdm(disable=True)  # the loop's progress bar
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(migrate(state["model"], state.get("version", 1)))  # older runs' names
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"])
+        random.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
+        p = self.progress
+        log.info("resumed from step %d (epoch %d, step %d of the epoch)", p.step, p.epoch, p.position)
+
+    def elapsed(self) -> float:
+        return self.progress.elapsed + time.monotonic() - self.start
+
+    def checkpoint(self) -> None:
+        if not self.world.main:
+            return
+        py_state = random.getstate()
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "version": VERSION, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(self.progress) | {"elapsed": self.elapsed()},
+            "rng": torch.get_rng_state(), "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        })
+
+    def should_stop(self) -> bool:
+        """Rank 0's clock decides for all."""
+        stop = over_budget(self.t, self.progress, self.elapsed(), max(self.validation_seconds, default=0.0))
+        return bool(self.world.broadcast(stop))
+
+    def validate(self) -> dict[str, Any]:
+        with evaluating(self.model):
+            loss = validation_loss(self.model, self.prepared.valid_ds, self.t.batch_tokens)
+            hyps = self.translator.translate(self.prepared.valid_text["src"])
+        return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
+                "valid_bleu": round(bleu(hyps, self.prepared.valid_text["tgt"]), 2)}
+
+    def run_validation(self) -> bool:
+        """Validate on rank 0 (the replicas are equal); every rank takes its outcome. True when patience ran
+        out."""
+        stop, seconds = None, 0.0
+        if self.world.main:
+            began = time.monotonic()
+            stop = self.validate_and_keep()
+            seconds = time.monotonic() - began
+        stop, self.progress, seconds = self.world.broadcast((stop, self.progress, seconds))
+        self.validation_seconds.append(round(seconds, 3))
+        return stop
+
+    def validate_and_keep(self) -> bool:
+        """Validate, keep the best model, adjust the learning rate; True when patience has run out."""
+        t, p = self.t, self.progress
+        scores = self.validate()
+        improved = scores["valid_bleu"] > p.best_bleu
+        if improved:
+            p.best_bleu, p.bad_validations, p.plateau_validations = scores["valid_bleu"], 0, 0
+            save_model(self.run_dir / BEST, self.model, self.prepared.tok, {"step": p.step, **scores})
+        else:
+            p.bad_validations += 1
+            p.plateau_validations += 1
+            if t.lr_decay == "plateau" and p.plateau_validations >= t.plateau_patience:
+                p.lr_scale *= t.plateau_factor
+                p.plateau_validations = 0
+                log.info("validation BLEU has not improved for %d validations: learning rate x%g",
+                         t.plateau_patience, t.plateau_factor)
+        if t.keep_last:
+            self.keep_snapshot(scores)
+        self.metrics.write({"type": "valid", "step": p.step, "epoch": p.epoch,
+                            "minutes": round(self.elapsed() / 60, 2), **scores, "best": improved})
+        plot_runs([self.run_dir], self.run_dir / CURVES)
+        log.info("validation at step %d: loss %.4f ppl %.2f BLEU %.2f%s", p.step, scores["valid_loss"],
+                 scores["valid_ppl"], scores["valid_bleu"], " (best)" if improved else "")
+        self.checkpoint()
+        return t.patience > 0 and p.bad_validations >= t.patience
+
+    def keep_snapshot(self, scores: dict[str, Any]) -> None:
+        """This validation's model as step-N.safetensors; only the last `keep_last` are kept."""
+        step = self.progress.step
+        save_model(self.run_dir / f"step-{step}.safetensors", self.model, self.prepared.tok, {"step": step, **scores})
+        snapshots = sorted(self.run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in snapshots[: -self.t.keep_last]:
+            old.unlink()
+
+    def take_step(self, step_batches: list, tgt_lens) -> None:
+        """One optimizer step over the step's batches (every rank knows them all: it takes every
+        world-size-th, and counts all tokens)."""
+        world, p = self.world, self.progress
+        n_tokens = sum(int(tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
+        device = self.model.device
+        mine = [data.collate(self.prepared.train_ds, b).to(device) for b in step_batches[world.rank :: world.size]]
+        lr = learning_rate(p.step + 1, self.t, p.lr_scale)
+        self.window.loss += train_step(self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision,
+                                       world.size)
+        self.window.tokens += n_tokens
+        p.step += 1
+        p.position += 1
+        if p.step % self.t.log_every == 0:
+            self.log_window(lr)
+
+    def log_window(self, lr: float) -> None:
+        p, w = self.progress, self.window
+        seconds = time.monotonic() - w.start
+        loss = self.world.sum(float(w.loss))[0] / w.tokens
+        record = {"type": "train", "step": p.step, "epoch": p.epoch, "loss": round(loss, 4),
+                  "tokens_per_s": round(w.tokens / seconds, 1), "lr": lr, "minutes": round(self.elapsed() / 60, 2)}
+        self.metrics.write(record)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        log.info("step %d epoch %d loss %.4f tokens/s %.0f lr %.2e", p.step, p.epoch, loss, record["tokens_per_s"], lr)
+        self.window = Window()
+
+    def loop(self) -> None:
+        """Epochs of steps until the budget, patience or Ctrl-C ends training; the last step is validated."""
+        t = self.t
+        group = self.world.size * t.accumulate  # batches per step, over all processes
+        src_lens, tgt_lens = data.columns(self.prepared.train_ds)
+        self.model.train()
+        stop, validated_at = self.should_stop(), -1
+        self.bar = tqdm(desc="training", unit="step", initial=self.progress.step, dynamic_ncols=True,
+                        disable=None if self.world.main else True)
+        with interrupt_flag() as interrupted:
+            while not stop:
+                generator = torch.Generator().manual_seed(t.seed * 100_003 + self.progress.epoch)
+                batches = data.token_batches(src_lens, tgt_lens, t.batch_tokens, generator)
+                steps = len(batches) // group  # an epoch's last batches that fill no whole step are left out
+                while self.progress.position < steps and not stop:
+                    at = self.progress.position * group
+                    self.take_step(batches[at : at + group], tgt_lens)
+                    self.bar.update(1)
+                    if interrupted():
+                        self.interrupt()
+                    stop = self.should_stop()
+                    if self.progress.step % t.valid_every == 0 or stop:
+                        validated_at = self.progress.step
+                        if self.run_validation():
+                            log.info("early stopping: no better validation BLEU in %d validations", t.patience)
+                            stop = True
+                        stop = stop or self.should_stop()  # this validation may have to be the last
+                if self.progress.position >= steps:
+                    self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
+                    stop = stop or self.should_stop()
+            if validated_at != self.progress.step or self.progress.best_bleu < 0:  # the last step, or no best yet
+                self.run_validation()
+        self.bar.close()
+
+    def interrupt(self) -> None:
+        self.bar.close()
+        self.checkpoint()
+        log.warning("interrupted at step %d: checkpoint saved to %s (continue with --resume)",
+                    self.progress.step, self.run_dir / CHECKPOINT)
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """While inside, Ctrl-C (SIGINT) only sets a flag, so training stops between steps, never inside one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hit = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,77 @@
+"""The output vocabulary: which target pieces the output layer has a row for, and the column of each.
+
+With a joint SentencePiece model the other language's pieces are never a right answer, so the output layer
+covers the pieces the training targets have (`model.output_vocab: seen`; en-de keeps 5,483 of 8,000), or every
+piece (`all`). One `OutputVocab` is built when training starts, saved in the model file with the weights (its
+`pieces` buffer), and is what the model (targets → columns, the output layer's rows), search (columns → pieces)
+and ensembles (members must have equal ones) use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nmt.tokenizer import UNK
+
+# Decoding's top-k works on blocks of 64 columns: padding the log-probabilities to whole blocks at every step
+# cost more than a few extra rows (beam 5's 320 rows: 7.2 ms at 5,483 columns, 4.2 ms at 5,504).
+ROW_MULTIPLE = 64
+
+
+class OutputVocab(nn.Module):
+    """Pieces ↔ columns. `pieces` (V_out,): the sorted piece id of each column (PAD, UNK, BOS and EOS, the lowest
+    ids, always among them, so they are their own columns); None: every piece of the `size` pieces of the target
+    vocabulary, column j being piece j. A module so that it moves with the model and is saved with its weights."""
+
+    pieces: torch.Tensor | None
+
+    def __init__(self, size: int, pieces: torch.Tensor | None = None):
+        super().__init__()
+        if pieces is not None and (pieces.dim() != 1 or pieces.numel() > size):
+            raise ValueError(f"output vocabulary: {tuple(pieces.shape)} pieces of a vocabulary of {size}")
+        self.size = size  # V: pieces of the target SentencePiece model
+        self.register_buffer("pieces", None if pieces is None else pieces.long())
+
+    @classmethod
+    def build(cls, kind: str, size: int, seen: torch.Tensor | None) -> "OutputVocab":
+        """`kind` all: every piece. `kind` seen: `seen` (sorted piece ids of the training targets, specials
+        included), made up to a multiple of `ROW_MULTIPLE` with the unseen pieces of lowest id where the
+        vocabulary has enough."""
+        if kind == "all":
+            return cls(size)
+        rows = -(-seen.numel() // ROW_MULTIPLE) * ROW_MULTIPLE
+        if rows <= size:
+            unseen = torch.ones(size, dtype=torch.bool)
+            unseen[seen] = False
+            seen = torch.cat([seen, unseen.nonzero().squeeze(1)[: rows - seen.numel()]]).sort().values
+        return cls(size, seen)
+
+    @property
+    def rows(self) -> int:
+        """V_out: the output layer's rows, the log-probabilities' columns."""
+        return self.size if self.pieces is None else self.pieces.numel()
+
+    def columns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Piece ids (any shape) → their columns; a piece outside the vocabulary (unseen in training) gets UNK's."""
+        if self.pieces is None:
+            return tokens
+        column = torch.full((self.size,), UNK, dtype=torch.long, device=tokens.device)
+        column[self.pieces] = torch.arange(self.pieces.numel(), device=tokens.device)
+        return column[tokens]
+
+    def to_pieces(self, columns: torch.Tensor) -> torch.Tensor:
+        """Columns (any shape) → piece ids."""
+        return columns if self.pieces is None else self.pieces[columns]
+
+    def select(self, table: torch.Tensor) -> torch.Tensor:
+        """A (V, ...) table's rows of the vocabulary's pieces: (V_out, ...)."""
+        return table if self.pieces is None else table.index_select(0, self.pieces)
+
+    def same_as(self, other: "OutputVocab") -> bool:
+        if self.size != other.size or (self.pieces is None) != (other.pieces is None):
+            return False
+        return self.pieces is None or torch.equal(self.pieces.cpu(), other.pieces.cpu())
+
+    def extra_repr(self) -> str:
+        return f"{self.rows} of {self.size} pieces"
