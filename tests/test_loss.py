@@ -1,0 +1,83 @@
+"""Padding never changes a loss or a gradient, through the path training takes: `model(batch,
+label_smoothing)`, the loss summed over the target tokens. A batch, the same batch padded further, and its
+sentences one at a time (summed) give the same loss and the same gradient of every parameter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import VARIANTS, tiny_model
+from nmt.batch import Batch, make_batch
+from nmt.tokenizer import PAD
+
+# Of different lengths, the longest neither first nor last, so the batch both pads and reorders for packing.
+SRC = [[4, 5, 6], [9, 10, 11, 12, 4, 7, 8], [11], [6, 7, 8, 9]]
+TGT = [[5, 6, 7, 8], [7, 8], [6, 9, 10, 4, 5, 7], [10]]
+# An output layer over some of the 11 target pieces: the specials, and not 8 nor 10, which TGT has (their
+# tokens are scored as UNK's column).
+OUTPUT_IDS = [0, 1, 2, 3, 4, 5, 6, 7, 9]
+
+
+def padded_more(batch: Batch, src_extra: int, tgt_extra: int) -> Batch:
+    """The same sentences with more PAD columns after the source and after the target; lengths unchanged."""
+    def grow(t: torch.Tensor, extra: int) -> torch.Tensor:
+        return torch.cat([t, torch.full((t.size(0), extra), PAD, dtype=t.dtype)], dim=1)
+
+    return Batch(
+        grow(batch.src, src_extra), batch.src_lens,
+        grow(batch.tgt_in, tgt_extra), grow(batch.tgt_out, tgt_extra), batch.n_tokens,
+    )
+
+
+def loss_and_grads(model, batches: list[Batch], label_smoothing: float):
+    """The summed loss of `batches` as training computes it, and each parameter's gradient of that sum."""
+    model.zero_grad(set_to_none=True)
+    loss = sum(model(batch, label_smoothing) for batch in batches)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same(expected, got, what: str) -> None:
+    loss, grads = expected
+    loss_got, grads_got = got
+    assert torch.allclose(loss_got, loss, rtol=1e-5, atol=1e-6), (what, loss_got.item(), loss.item())
+    assert grads_got.keys() == grads.keys(), what
+    for name, grad in grads.items():
+        assert torch.allclose(grads_got[name], grad, rtol=1e-4, atol=1e-6), (
+            what, name, (grads_got[name] - grad).abs().max().item(),
+        )
+
+
+@pytest.mark.parametrize(
+    "label_smoothing, output_ids", [(0.0, None), (0.1, None), (0.1, OUTPUT_IDS)],
+    ids=["ls0-all-pieces", "ls0.1-all-pieces", "ls0.1-some-pieces"],
+)
+@pytest.mark.parametrize("variant", VARIANTS, ids=[f"variant{i}" for i in range(len(VARIANTS))])
+def test_padding_changes_neither_loss_nor_gradients(variant, label_smoothing, output_ids):
+    model = tiny_model(0, output_ids, **variant)  # dropout 0; an output layer over `output_ids` unless None
+    batch = make_batch(SRC, TGT)
+    assert batch.n_tokens == sum(len(t) + 1 for t in TGT)
+    together = loss_and_grads(model, [batch], label_smoothing)
+    assert torch.isfinite(together[0]) and together[0] > 0
+    assert together[1], "no parameter got a gradient"
+    for src_extra, tgt_extra in [(2, 4), (5, 0)]:
+        padded = padded_more(batch, src_extra, tgt_extra)
+        what = f"padded +{src_extra} source, +{tgt_extra} target"
+        assert_same(together, loss_and_grads(model, [padded], label_smoothing), what)
+    alone = [make_batch([s], [t]) for s, t in zip(SRC, TGT)]
+    assert_same(together, loss_and_grads(model, alone, label_smoothing), "each sentence alone, summed")
+
+
+@pytest.mark.parametrize("output_ids", [None, OUTPUT_IDS], ids=["all-pieces", "some-pieces"])
+def test_pad_targets_add_nothing(output_ids):
+    """A batch whose padding is all there is beyond one sentence: the other rows' loss is that sentence's."""
+    model = tiny_model(0, output_ids, **VARIANTS[0])
+    one = make_batch(SRC[:1], TGT[:1])
+    loss_one = model(one, 0.1)
+    # The same sentence next to a longer one whose target is then masked out entirely: only padding left.
+    pair = make_batch([SRC[0], SRC[1]], [TGT[0], TGT[2]])
+    masked = Batch(pair.src, pair.src_lens, pair.tgt_in, pair.tgt_out.clone(), pair.n_tokens)
+    masked.tgt_out[1] = PAD
+    assert torch.allclose(model(masked, 0.1), loss_one, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model(pair, 0.1), loss_one)  # the mask is what made them equal
