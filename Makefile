@@ -9,7 +9,7 @@ BEAM ?= 5
 # The CPU wheel these machines carry; elsewhere pip installs torch 2.13.0 from PyPI as usual.
 TORCH ?= torch==2.13.0
 
-.PHONY: install data train translate evaluate test bench bench-speed clean
+.PHONY: install data train translate evaluate lint format test bench bench-speed clean
 
 install:
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -26,6 +26,15 @@ translate:
 
 evaluate:
 	$(PYTHON) -m nmt evaluate -m $(MODEL) --beam $(BEAM) --src $(SRC) --ref $(REF)
+
+# ruff, configured in pyproject.toml: lines of at most 110 characters, pyflakes, import order, ruff's format.
+lint:
+	$(PYTHON) -m ruff check nmt scripts tests
+	$(PYTHON) -m ruff format --check nmt scripts tests
+
+format:
+	$(PYTHON) -m ruff check --fix nmt scripts tests
+	$(PYTHON) -m ruff format nmt scripts tests
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -1,4 +1,5 @@
-"""What the model attended to: the attention of each translation over its source, as heatmaps and hard alignments.
+"""What the model attended to: the attention of each translation over its source, as heatmaps and hard
+alignments.
 
 The weights come from a teacher-forced pass over the translation search produced, through the same
 `encode`/`step` interface search used: the decoder is deterministic, so these are the weights search saw
@@ -23,7 +24,8 @@ WORD_START = "\u2581"  # SentencePiece's ▁: this piece begins a word
 def attention_weights(
     model: Searchable, src_ids: list[list[int]], hyp_ids: list[list[int]], batch_size: int = 64
 ) -> list[torch.Tensor | None]:
-    """Per sentence, weights (T + 1, S + 1) on the CPU for T target and S source pieces; None for an empty input."""
+    """Per sentence, weights (T + 1, S + 1) on the CPU for T target and S source pieces; None for an empty
+    input."""
     out: list[torch.Tensor | None] = [None] * len(src_ids)
     device = model.device
     with torch.inference_mode():
@@ -53,16 +55,21 @@ def word_index(pieces: list[str]) -> list[int]:
 
 def hard_alignment(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> str:
     """Pharaoh pairs `i-j` (0-based source word i, target word j), sorted: each target piece is aligned to the
-    source piece it attends to most (the EOS of either side is left out), and the pair lifted to their words."""
+    source piece it attends to most (the EOS of either side is left out), and the pair lifted to their
+    words."""
     if not src_pieces or not tgt_pieces:
         return ""
-    best = weights[: len(tgt_pieces), : len(src_pieces)].argmax(dim=1).tolist()  # (T,) source piece per target piece
+    best = (
+        weights[: len(tgt_pieces), : len(src_pieces)].argmax(dim=1).tolist()
+    )  # (T,) source piece per target piece
     src_words, tgt_words = word_index(src_pieces), word_index(tgt_pieces)
     pairs = sorted({(src_words[s], tgt_words[t]) for t, s in enumerate(best)})
     return " ".join(f"{i}-{j}" for i, j in pairs)
 
 
-def save_heatmap(path: str | Path, weights: torch.Tensor | None, src_pieces: list[str], tgt_pieces: list[str]) -> None:
+def save_heatmap(
+    path: str | Path, weights: torch.Tensor | None, src_pieces: list[str], tgt_pieces: list[str]
+) -> None:
     """A PNG: source pieces along the top, target pieces down the side, darker where attention is higher."""
     from matplotlib.figure import Figure
 

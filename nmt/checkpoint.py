@@ -71,22 +71,26 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], int]:
         raise NMTError(f"{path}: not an nmt model file (a safetensors file without nmt's metadata)")
     version = int(metadata["version"]) if metadata.get("version", "").isdigit() else -1
     if not 1 <= version <= VERSION:
-        raise NMTError(f"{path}: model file version {metadata.get('version')!r}, this nmt reads versions 1 to {VERSION}")
+        raise NMTError(
+            f"{path}: model file version {metadata.get('version')!r}, this nmt reads versions 1 to {VERSION}"
+        )
     if metadata.get("sha256") != tensor_digest(tensors):
         raise NMTError(f"{path}: corrupted model file (the weights do not match their checksum)")
     return metadata, tensors, version
 
 
 def migrate(tensors: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
-    """The weights of a file of layout `version` as this version names them (the one place old files are read).
-    Version 1 kept the output layer's pieces as the decoder's `output_ids` buffer."""
+    """The weights of a file of layout `version` as this version names them (the one place old files are
+    read). Version 1 kept the output layer's pieces as the decoder's `output_ids` buffer."""
     if version == 1 and "decoder.output_ids" in tensors:
         tensors = dict(tensors)
         tensors[VOCAB_PIECES] = tensors.pop("decoder.output_ids")
     return tensors
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict[str, Any]]:
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[Seq2Seq, Tokenizer, dict[str, Any]]:
     """The model (in eval mode), its tokenizer and the info saved with it; NMTError for any bad file."""
     path = Path(path)
     metadata, tensors, version = _read(path)

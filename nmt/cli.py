@@ -1,4 +1,5 @@
-"""Command line: `nmt data | train | translate | evaluate | average | plot | serve`. Thin front ends over the library.
+"""Command line: `nmt data | train | translate | evaluate | average | plot | serve`. Thin front ends over the
+library.
 
 Each command imports what it needs when it runs, so `nmt translate` never loads the training-side libraries.
 User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C with exit status 130.
@@ -29,7 +30,9 @@ def _number(name: str, low: float, inclusive: bool):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}")
         if value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"{name} must be {'at least' if inclusive else 'more than'} {low:g}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'at least' if inclusive else 'more than'} {low:g}, got {text}"
+            )
         return value
 
     return parse
@@ -65,8 +68,11 @@ def _translator(args):
 
     translator = Translator.load(args.model, args.device, args.precision, args.threads)
     translator.defaults = translator.options(
-        beam=args.beam, length_penalty=args.length_penalty, max_len_ratio=args.max_len_ratio,
-        max_len_offset=args.max_len_offset, batch_size=args.batch_size,
+        beam=args.beam,
+        length_penalty=args.length_penalty,
+        max_len_ratio=args.max_len_ratio,
+        max_len_offset=args.max_len_offset,
+        batch_size=args.batch_size,
     )
     return translator
 
@@ -122,8 +128,13 @@ def cmd_translate(args) -> None:
     results = translator.translations(lines, attention=True)
     write_lines(args.output, [r.text for r in results])
     if args.alignments:
-        write_lines(args.alignments, [hard_alignment(r.attention, r.source, r.pieces) if r.attention is not None
-                                      else "" for r in results])
+        write_lines(
+            args.alignments,
+            [
+                hard_alignment(r.attention, r.source, r.pieces) if r.attention is not None else ""
+                for r in results
+            ],
+        )
     if heatmaps is not None:
         for name, r in zip(heatmap_names(len(lines)), results):
             save_heatmap(heatmaps / name, r.attention, r.source, r.pieces)
@@ -145,8 +156,13 @@ def cmd_evaluate(args) -> None:
     print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
     print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
     if args.json:
-        record = {"model": [str(m) for m in args.model], "src": args.src, "ref": args.ref,
-                  "beam": translator.defaults.beam, **scores}
+        record = {
+            "model": [str(m) for m in args.model],
+            "src": args.src,
+            "ref": args.ref,
+            "beam": translator.defaults.beam,
+            **scores,
+        }
         write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
@@ -165,9 +181,15 @@ def cmd_serve(args) -> None:
 
     check_address(args.host, args.port)
     translator = _translator(args)
-    info = {"version": __version__, "model": [str(m) for m in args.model], "device": str(translator.device),
-            "precision": args.precision, "beam": translator.defaults.beam, "max_lines": args.max_lines,
-            "max_bytes": args.max_bytes}
+    info = {
+        "version": __version__,
+        "model": [str(m) for m in args.model],
+        "device": str(translator.device),
+        "precision": args.precision,
+        "beam": translator.defaults.beam,
+        "max_lines": args.max_lines,
+        "max_bytes": args.max_bytes,
+    }
     app = create_app(translator, info, args.max_bytes, args.max_lines)
     log.info("serving %s on http://%s:%d (Ctrl-C stops)", ", ".join(info["model"]), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
@@ -181,25 +203,50 @@ def cmd_average(args) -> None:
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, nargs="+", metavar="MODEL",
-                   help="model file (best.safetensors of a run); several make an ensemble")
+    p.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        nargs="+",
+        metavar="MODEL",
+        help="model file (best.safetensors of a run); several make an ensemble",
+    )
     # Decoding options default to None: what is left out keeps DecodeConfig's default, their one source.
     d = DecodeConfig()
     p.add_argument("--beam", type=_positive("--beam"), help=f"beam size; 1 is greedy (default {d.beam})")
-    p.add_argument("--batch-size", type=_positive("--batch-size"),
-                   help=f"sentences per batch (default {BEAM_BATCH} with beam search, {GREEDY_BATCH} greedy)")
-    p.add_argument("--length-penalty", type=_number("--length-penalty", 0, True),
-                   help=f"GNMT length penalty alpha (default {d.length_penalty})")
-    p.add_argument("--max-len-ratio", type=_number("--max-len-ratio", 0, False),
-                   help=f"output pieces at most ratio * source + offset (default {d.max_len_ratio})")
-    p.add_argument("--max-len-offset", type=_positive("--max-len-offset"), help=f"(default {d.max_len_offset})")
+    p.add_argument(
+        "--batch-size",
+        type=_positive("--batch-size"),
+        help=f"sentences per batch (default {BEAM_BATCH} with beam search, {GREEDY_BATCH} greedy)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=_number("--length-penalty", 0, True),
+        help=f"GNMT length penalty alpha (default {d.length_penalty})",
+    )
+    p.add_argument(
+        "--max-len-ratio",
+        type=_number("--max-len-ratio", 0, False),
+        help=f"output pieces at most ratio * source + offset (default {d.max_len_ratio})",
+    )
+    p.add_argument(
+        "--max-len-offset", type=_positive("--max-len-offset"), help=f"(default {d.max_len_offset})"
+    )
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="of the decoder's matrix multiplies: bf16 pays where the CPU has AMX or AVX512-BF16; "
-                        "int8 is dynamic quantization, CPU only (default fp32)")
-    p.add_argument("--quantize", dest="precision", choices=["int8"],
-                   help="--quantize int8 is --precision int8 (dynamic int8 quantization)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="of the decoder's matrix multiplies: bf16 pays where the CPU has AMX or AVX512-BF16; "
+        "int8 is dynamic quantization, CPU only (default fp32)",
+    )
+    p.add_argument(
+        "--quantize",
+        dest="precision",
+        choices=["int8"],
+        help="--quantize int8 is --precision int8 (dynamic int8 quantization)",
+    )
 
 
 class Parser(argparse.ArgumentParser):
@@ -216,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="fetch Multi30k into data/multi30k (from NMT_DATA_MIRROR when set)")
     p.add_argument("--dest", default="data/multi30k")
-    p.add_argument("--mirror", default=None, help="local folder with the corpus files (default: $NMT_DATA_MIRROR)")
+    p.add_argument(
+        "--mirror", default=None, help="local folder with the corpus files (default: $NMT_DATA_MIRROR)"
+    )
     p.set_defaults(run=cmd_data)
 
     p = sub.add_parser("train", help="train a model", description="train CONFIG [--section.key=value ...]")
@@ -228,10 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(p)
     p.add_argument("-i", "--input", default=None, help="input file (default stdin)")
     p.add_argument("-o", "--output", default=None, help="output file (default stdout)")
-    p.add_argument("--attention", default=None, metavar="DIR",
-                   help="also write one attention heatmap per input line into DIR (0001.png, 0002.png, ...)")
-    p.add_argument("--alignments", default=None, metavar="FILE",
-                   help="also write hard word alignments, one line per input line, Pharaoh i-j (0-based source-target)")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="DIR",
+        help="also write one attention heatmap per input line into DIR (0001.png, 0002.png, ...)",
+    )
+    p.add_argument(
+        "--alignments",
+        default=None,
+        metavar="FILE",
+        help="also write hard word alignments, one line per input line, Pharaoh i-j (0-based source-target)",
+    )
     p.set_defaults(run=cmd_translate)
 
     p = sub.add_parser("evaluate", help="translate and score with sacreBLEU (BLEU, chrF)")
@@ -244,17 +301,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a translation web page and JSON API (POST /translate) over a model")
     _add_decode_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=_port, default=8000, help="default 8000")
-    p.add_argument("--max-lines", type=_positive("--max-lines"), default=64, help="lines per request, more get 413 (default 64)")
-    p.add_argument("--max-bytes", type=_positive("--max-bytes"), default=65536,
-                   help="request body size, more gets 413 (default 65536)")
+    p.add_argument(
+        "--max-lines",
+        type=_positive("--max-lines"),
+        default=64,
+        help="lines per request, more get 413 (default 64)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=_positive("--max-bytes"),
+        default=65536,
+        help="request body size, more gets 413 (default 65536)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("plot", help="draw training curves of one or several runs (overlaid) into a PNG")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `nmt train` (with metrics.jsonl)")
-    p.add_argument("-o", "--output", default=None,
-                   help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png for several)")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories of `nmt train` (with metrics.jsonl)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png for several)",
+    )
     p.set_defaults(run=cmd_plot)
 
     p = sub.add_parser("average", help="average the weights of models of one run (e.g. its last N snapshots)")
@@ -284,9 +358,9 @@ def kernel_cache(capacity: int) -> None:
     oneDNN caches a compiled primitive per input shape, 1024 by default, and reads this setting when it first
     needs the cache, so it must be called before any kernel runs (`main` does, first thing).
     Training's length-bucketed batches have hundreds of shapes: under bf16 the default kept growing training's
-    memory, past 4.5 GB in half an hour, while 16 kept it at 1.1 GB but trained about 20% slower; 256 is between
-    (1.7 GB after 200 steps). Decoding's shapes change at every step (rows leave as sentences end), and 8 kept
-    beam 5 of test_2016_flickr in bf16 at 0.47 GiB against 0.54 with 256, no slower."""
+    memory, past 4.5 GB in half an hour, while 16 kept it at 1.1 GB but trained about 20% slower; 256 is
+    between (1.7 GB after 200 steps). Decoding's shapes change at every step (rows leave as sentences end),
+    and 8 kept beam 5 of test_2016_flickr in bf16 at 0.47 GiB against 0.54 with 256, no slower."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 
 
@@ -321,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_now() -> None:
     """End a finished command-line process at once: its outputs are written (files closed and renamed) and
-    flushed here, and what is left is the interpreter's teardown of torch's modules, which took 0.6 to 0.7 s on
-    2 cores (`python -c "import torch"` 2.7-2.9 s, the same ending in os._exit 2.0-2.2 s): a sixth of a whole
-    greedy translation of 1,000 sentences."""
+    flushed here, and what is left is the interpreter's teardown of torch's modules, which took 0.6 to 0.7 s
+    on 2 cores (`python -c "import torch"` 2.7-2.9 s, the same ending in os._exit 2.0-2.2 s): a sixth of a
+    whole greedy translation of 1,000 sentences."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:

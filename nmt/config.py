@@ -22,8 +22,9 @@ from nmt.errors import NMTError
 from nmt.textio import write_text
 
 MULTI30K = "data/multi30k"
-# Default sentences per batch. Greedy decoding of test_2016_flickr on 2 cores (in-process, median of 5): 0.85 s at
-# 96 sentences, 0.76 at 128, 0.77 at 192, 0.82 at 256 (fp32); int8 0.69, 0.58, 0.54, 0.59. Beam 5: 64 (320 rows).
+# Default sentences per batch. Greedy decoding of test_2016_flickr on 2 cores (in-process, median of 5):
+# 0.85 s at 96 sentences, 0.76 at 128, 0.77 at 192, 0.82 at 256 (fp32); int8 0.69, 0.58, 0.54, 0.59.
+# Beam 5: 64 (320 rows).
 GREEDY_BATCH, BEAM_BATCH = 128, 64
 
 
@@ -31,8 +32,8 @@ GREEDY_BATCH, BEAM_BATCH = 128, 64
 class DataConfig:
     src_lang: str = "en"
     tgt_lang: str = "de"
-    # Plain-file corpora are prefixes: `<prefix>.<lang>` or `<prefix>.<lang>.gz`. With `dataset` set, these are
-    # split names of that Hugging Face dataset instead.
+    # Plain-file corpora are prefixes: `<prefix>.<lang>` or `<prefix>.<lang>.gz`. With `dataset` set, these
+    # are split names of that Hugging Face dataset instead.
     train: str = f"{MULTI30K}/train"
     valid: str = f"{MULTI30K}/val"
     test: list[str] = field(
@@ -50,7 +51,9 @@ class DataConfig:
     vocab_size: int = 8000
     spm_type: Literal["unigram", "bpe"] = "unigram"
     joint_vocab: bool = True  # one model for both languages, or one per language
-    spm_sentences: int = 200_000  # SentencePiece learns from a sample of this many (bounded memory on large corpora)
+    spm_sentences: int = (
+        200_000  # SentencePiece learns from a sample of this many (bounded memory on large corpora)
+    )
 
 
 @dataclass
@@ -67,10 +70,13 @@ class ModelConfig:
     dropout: float = 0.3  # on LSTM outputs between layers and on the attentional vector
     emb_dropout: float = 0.2
     tie_embeddings: bool = True  # decoder input embedding = output projection weights
-    # The output layer's rows: `seen` the target pieces that occur in the training data (with a joint vocabulary,
-    # the other language's pieces are never a right answer: en-de keeps 5,483 of 8,000, made up to 5,504), or `all`.
+    # The output layer's rows: `seen` the target pieces that occur in the training data (with a joint
+    # vocabulary, the other language's pieces are never a right answer: en-de keeps 5,483 of 8,000, made up to
+    # 5,504), or `all`.
     output_vocab: Literal["seen", "all"] = "seen"
-    out_vocab_size: int = 0  # rows of the output layer, set when training starts; 0: the whole target vocabulary
+    out_vocab_size: int = (
+        0  # rows of the output layer, set when training starts; 0: the whole target vocabulary
+    )
     max_src_len: int = 250  # translate truncates longer inputs (with a warning)
 
 
@@ -90,7 +96,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     max_steps: int = 0  # 0: no limit
     max_epochs: int = 0  # 0: no limit
-    time_budget_min: float = 60.0  # wall-clock minutes, data preparation and the last validation included; 0: no limit
+    time_budget_min: float = (
+        60.0  # wall-clock minutes, data preparation and the last validation included; 0: no limit
+    )
     valid_every: int = 500  # steps
     valid_beam: int = 1  # 1: greedy
     patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early
@@ -162,8 +170,14 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
 
 def _unknown_key(key: str, valid: list[str], where: str, prefix: str) -> NMTError:
     close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(prefix + v for v in valid)})"
-    return NMTError(f"{where}: unknown key {prefix + key!r}{hint}")  # repr: a key with a newline stays one line
+    hint = (
+        f" (did you mean '{prefix}{close[0]}'?)"
+        if close
+        else f" (valid keys: {', '.join(prefix + v for v in valid)})"
+    )
+    return NMTError(
+        f"{where}: unknown key {prefix + key!r}{hint}"
+    )  # repr: a key with a newline stays one line
 
 
 def _build(cls: type, values: Any, where: str, prefix: str) -> Any:

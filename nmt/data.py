@@ -67,8 +67,10 @@ def _count_mismatch(src_path: Path, n_src: int, tgt_path: Path, n_tgt: int) -> s
     if src_nl == tgt_nl:
         return f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must match"
     src_ends = "no line ends" if src_nl == "none" else f"{src_nl} line ends"
-    return (f"{src_path} has {n_src} lines ({src_ends}) but {tgt_path} has {n_tgt} ({tgt_nl}): "
-            "parallel files must match")
+    return (
+        f"{src_path} has {n_src} lines ({src_ends}) but {tgt_path} has {n_tgt} ({tgt_nl}): "
+        "parallel files must match"
+    )
 
 
 def load_parallel_files(prefix: str, src_lang: str, tgt_lang: str, cache_dir: str) -> datasets.Dataset:
@@ -115,7 +117,10 @@ def load_hf_split(cfg: DataConfig, split: str) -> datasets.Dataset:
             raise NMTError(f"dataset {cfg.dataset!r}: translation column has no language {lang!r}")
     src_lang, tgt_lang = cfg.src_lang, cfg.tgt_lang
     return ds.map(
-        lambda b: {"src": [t[src_lang] for t in b["translation"]], "tgt": [t[tgt_lang] for t in b["translation"]]},
+        lambda b: {
+            "src": [t[src_lang] for t in b["translation"]],
+            "tgt": [t[tgt_lang] for t in b["translation"]],
+        },
         batched=True,
         remove_columns=ds.column_names,
         new_fingerprint=hashlib.sha256(f"{ds._fingerprint}/{src_lang}/{tgt_lang}".encode()).hexdigest()[:16],
@@ -156,7 +161,9 @@ def _encoded_key(text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean:
     return digest.hexdigest()[:24]
 
 
-def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str) -> datasets.Dataset:
+def encode(
+    cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str
+) -> datasets.Dataset:
     """Columns `src_ids`, `tgt_ids` (no BOS/EOS), `src_len`, `tgt_len`; cached on disk as Arrow.
 
     With `clean`, pairs with an empty side or more than `max_len` pieces on either side are dropped.
@@ -169,11 +176,24 @@ def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool,
 
     def encode_batch(batch: dict[str, list[str]]) -> dict[str, list]:
         src, tgt = tok.encode_src(batch["src"]), tok.encode_tgt(batch["tgt"])
-        return {"src_ids": src, "tgt_ids": tgt, "src_len": [len(s) for s in src], "tgt_len": [len(t) for t in tgt]}
+        return {
+            "src_ids": src,
+            "tgt_ids": tgt,
+            "src_len": [len(s) for s in src],
+            "tgt_len": [len(t) for t in tgt],
+        }
 
-    workers = cfg.num_proc if cfg.num_proc > 1 and len(text) >= 10 * 2000 else None  # worth it for large corpora
-    ds = text.map(encode_batch, batched=True, batch_size=2000, remove_columns=text.column_names, new_fingerprint=key,
-                  num_proc=workers)
+    workers = (
+        cfg.num_proc if cfg.num_proc > 1 and len(text) >= 10 * 2000 else None
+    )  # worth it for large corpora
+    ds = text.map(
+        encode_batch,
+        batched=True,
+        batch_size=2000,
+        remove_columns=text.column_names,
+        new_fingerprint=key,
+        num_proc=workers,
+    )
     if clean:
         n_before = len(ds)
         ds = ds.filter(
@@ -183,8 +203,16 @@ def encode(cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool,
             num_proc=workers,
         )
         if len(ds) == 0:
-            raise NMTError(f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})")
-        log.info("%s: %d pairs kept, %d dropped (empty or over %d pieces)", name, len(ds), n_before - len(ds), cfg.max_len)
+            raise NMTError(
+                f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})"
+            )
+        log.info(
+            "%s: %d pairs kept, %d dropped (empty or over %d pieces)",
+            name,
+            len(ds),
+            n_before - len(ds),
+            cfg.max_len,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, folder=True) as tmp:  # an interrupted run leaves no half-written cache entry
         ds.save_to_disk(str(tmp))
@@ -234,8 +262,8 @@ def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def target_pieces(ds: datasets.Dataset) -> torch.Tensor:
-    """(V_out,) the sorted ids of the pieces in the `tgt_ids` column, with PAD, UNK, BOS and EOS (the lowest ids)
-    whether they occur or not: the rows of an output layer over the pieces the training targets have."""
+    """(V_out,) the sorted ids of the pieces in the `tgt_ids` column, with PAD, UNK, BOS and EOS (the lowest
+    ids) whether they occur or not: the rows of an output layer over the pieces the training targets have."""
     import pyarrow.compute as pc
 
     column = ds.select_columns(["tgt_ids"]).with_format("arrow")[:].column("tgt_ids")

@@ -41,19 +41,37 @@ class DecoderState:
         finished sentences. `sources` None keeps the sentences as they are (rows must then pick, for each
         sentence in turn, N' / B of its own hypotheses); otherwise row i of the result is a hypothesis of
         sentence `sources[i // (N' / B')]`."""
-        h, c, feed = self.h.index_select(1, rows), self.c.index_select(1, rows), self.feed.index_select(0, rows)
+        h, c, feed = (
+            self.h.index_select(1, rows),
+            self.c.index_select(1, rows),
+            self.feed.index_select(0, rows),
+        )
         if sources is None:
             return DecoderState(h, c, feed, self.memory, self.keys, self.mask)
         return DecoderState(
-            h, c, feed, self.memory.index_select(0, sources), self.keys.index_select(0, sources),
+            h,
+            c,
+            feed,
+            self.memory.index_select(0, sources),
+            self.keys.index_select(0, sources),
             self.mask.index_select(0, sources),
         )
 
 
 class Decoder(nn.Module):
     def __init__(
-        self, vocab_size: int, emb_size: int, hidden: int, layers: int, memory_size: int, attention: str,
-        input_feeding: bool, dropout: float, emb_dropout: float, tie_embeddings: bool, vocab: OutputVocab,
+        self,
+        vocab_size: int,
+        emb_size: int,
+        hidden: int,
+        layers: int,
+        memory_size: int,
+        attention: str,
+        input_feeding: bool,
+        dropout: float,
+        emb_dropout: float,
+        tie_embeddings: bool,
+        vocab: OutputVocab,
     ):
         """The output layer has a row for each piece of `vocab` (its column in the logits)."""
         super().__init__()
@@ -61,7 +79,10 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.rnn = nn.LSTM(
-            emb_size + (hidden if input_feeding else 0), hidden, num_layers=layers, batch_first=True,
+            emb_size + (hidden if input_feeding else 0),
+            hidden,
+            num_layers=layers,
+            batch_first=True,
             dropout=dropout if layers > 1 else 0.0,
         )
         self.attention = Attention(attention, hidden, memory_size)
@@ -74,8 +95,8 @@ class Decoder(nn.Module):
         rows = vocab.rows
         self.tie_embeddings = tie_embeddings
         if tie_embeddings:
-            # Logits = embedding matrix (the vocabulary's rows) × attentional vector, through a projection when
-            # the sizes differ.
+            # Logits = embedding matrix (the vocabulary's rows) × attentional vector, through a projection
+            # when the sizes differ.
             self.out_proj = nn.Linear(hidden, emb_size, bias=False) if hidden != emb_size else nn.Identity()
             self.out_bias = nn.Parameter(torch.zeros(rows))
         else:
@@ -91,11 +112,18 @@ class Decoder(nn.Module):
 
         def bridge(linear: nn.Linear, state: torch.Tensor) -> torch.Tensor:
             # (B, M) → (B, L*H) → (L, B, H)
-            return torch.tanh(linear(state[-1])).view(batch, self.layers, self.hidden).transpose(0, 1).contiguous()
+            return (
+                torch.tanh(linear(state[-1]))
+                .view(batch, self.layers, self.hidden)
+                .transpose(0, 1)
+                .contiguous()
+            )
 
         feed = memory.new_zeros(batch, self.hidden)
         keys = self.attention.precompute(memory)
-        return DecoderState(bridge(self.bridge_h, final[0]), bridge(self.bridge_c, final[1]), feed, memory, keys, mask)
+        return DecoderState(
+            bridge(self.bridge_h, final[0]), bridge(self.bridge_c, final[1]), feed, memory, keys, mask
+        )
 
     def output_weight(self) -> torch.Tensor:
         """The output layer's matrix (V_out, E) tied or (V_out, H) not."""
@@ -107,11 +135,13 @@ class Decoder(nn.Module):
         if not self.tie_embeddings:
             return self.output.weight, self.output.bias
         weight = self.output_weight()  # (V_out, E)
-        return (weight if isinstance(self.out_proj, nn.Identity) else weight @ self.out_proj.weight), self.out_bias
+        return (
+            weight if isinstance(self.out_proj, nn.Identity) else weight @ self.out_proj.weight
+        ), self.out_bias
 
     def logits(self, vectors: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Attentional vectors (..., H) → logits (..., V_out); `weight` is `output_weight()`, given when the caller
-        computes several logits with the same weights."""
+        """Attentional vectors (..., H) → logits (..., V_out); `weight` is `output_weight()`, given when the
+        caller computes several logits with the same weights."""
         weight = self.output_weight() if weight is None else weight
         if self.tie_embeddings:
             return F.linear(self.out_proj(vectors), weight, self.out_bias)
@@ -125,7 +155,9 @@ class Decoder(nn.Module):
         context, weights = self.attention(grouped, state.keys, state.memory, state.mask)
         return context.view(n, t, -1), weights.view(n, t, -1)
 
-    def _attend(self, out: torch.Tensor, state: DecoderState, combine: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(
+        self, out: torch.Tensor, state: DecoderState, combine: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """LSTM outputs (N, T, H) → attentional vectors tanh(W [out; context]) (N, T, H) and attention weights
         (N, T, S): the one statement of this part of the step, for training (`combine` the layer) and decoding
         (`combine` its step layout)."""
@@ -133,7 +165,9 @@ class Decoder(nn.Module):
         vectors = torch.tanh(combine(torch.cat([out, context], dim=-1)))  # (N, T, H)
         return self.dropout(vectors), weights
 
-    def run(self, tgt_in: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+    def run(
+        self, tgt_in: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """tgt_in (N, T) → attentional vectors (N, T, H), the state after step T, weights (N, T, S)."""
         emb = self.emb_dropout(self.embed(tgt_in))  # (N, T, E)
         if not self.input_feeding:
@@ -156,18 +190,26 @@ class Decoder(nn.Module):
         """The step layout of the current weights, rebuilt when a weight changed (training) or moved."""
         key = weights_key(self) + (self.precision,)
         if self._step_cache is None or self._step_cache[0] != key:
-            rows = None if self.vocab.pieces is None else self.vocab.columns(torch.arange(self.vocab.size, device=self.embed.weight.device))
+            rows = (
+                None
+                if self.vocab.pieces is None
+                else self.vocab.columns(torch.arange(self.vocab.size, device=self.embed.weight.device))
+            )
             embeddings = self.vocab.select(self.embed.weight)  # (V_out, E)
-            layout = step_weights(self.rnn, embeddings, rows, self.combine, self.folded_output(), self.precision)
+            layout = step_weights(
+                self.rnn, embeddings, rows, self.combine, self.folded_output(), self.precision
+            )
             self._step_cache = (key, layout)
         return self._step_cache[1]
 
-    def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+    def step(
+        self, prev: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Decoding: prev (N,) last pieces → logits (N, V_out), the next state, attention (N, S).
 
-        The function `run` computes on one token, with the LSTM and output layer in `nmt.fastpath`'s step layout,
-        for `prev` among the output layer's pieces (all that search feeds back; another piece reads UNK's row
-        of the gate table)."""
+        The function `run` computes on one token, with the LSTM and output layer in `nmt.fastpath`'s step
+        layout, for `prev` among the output layer's pieces (all that search feeds back; another piece reads
+        UNK's row of the gate table)."""
         w = self.step_layout()
         h, c = w.lstm(prev, state.h, state.c, state.feed if self.input_feeding else None)  # (L, N, H) each
 

@@ -10,7 +10,8 @@ from nmt.errors import NMTError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when torch sees a GPU, else the CPU), `cpu`, `cuda`, `cuda:N`; NMTError for anything else."""
+    """`auto` (CUDA when torch sees a GPU, else the CPU), `cpu`, `cuda`, `cuda:N`; NMTError for anything
+    else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -37,4 +38,3 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
     return precision
-

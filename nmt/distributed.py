@@ -1,9 +1,9 @@
-"""Data-parallel training under `torchrun`: the process group, this process's place in it, and the few messages
-training exchanges outside the gradients.
+"""Data-parallel training under `torchrun`: the process group, this process's place in it, and the few
+messages training exchanges outside the gradients.
 
 `torchrun --nproc_per_node N -m nmt train CONFIG` starts N processes with RANK, WORLD_SIZE and LOCAL_RANK set;
-each joins the group (NCCL on GPUs, Gloo on CPUs), trains a DistributedDataParallel replica on its own share of
-every step's batches, and rank 0 alone writes the run directory. Control messages (the stop decision, the
+each joins the group (NCCL on GPUs, Gloo on CPUs), trains a DistributedDataParallel replica on its own share
+of every step's batches, and rank 0 alone writes the run directory. Control messages (the stop decision, the
 validation outcome, logged losses) go through a Gloo group on the CPU, so they never stall the GPU stream.
 Without WORLD_SIZE > 1 nothing here does anything: a plain `nmt train` is a world of one.
 """

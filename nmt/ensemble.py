@@ -47,7 +47,9 @@ class Ensemble:
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> EnsembleState:
         return EnsembleState([m.encode(src, src_lens) for m in self.models])
 
-    def step(self, prev: torch.Tensor, state: EnsembleState) -> tuple[torch.Tensor, EnsembleState, torch.Tensor]:
+    def step(
+        self, prev: torch.Tensor, state: EnsembleState
+    ) -> tuple[torch.Tensor, EnsembleState, torch.Tensor]:
         """log of the members' mean probability (N, V), their states, their mean attention (N, S)."""
         outs = [m.step(prev, s) for m, s in zip(self.models, state.states)]
         logp = torch.logsumexp(torch.stack([o[0] for o in outs]), dim=0) - math.log(len(outs))
@@ -58,13 +60,19 @@ class Ensemble:
 def _check_compatible(paths: list[Path], toks: list[Tokenizer], models: list[Seq2Seq]) -> None:
     for path, tok, model in zip(paths[1:], toks[1:], models[1:]):
         if tok.src_proto != toks[0].src_proto or tok.tgt_proto != toks[0].tgt_proto:
-            raise NMTError(f"{path}: its SentencePiece model differs from {paths[0]}'s: models must share vocabularies")
+            raise NMTError(
+                f"{path}: its SentencePiece model differs from {paths[0]}'s: models must share vocabularies"
+            )
         if not model.vocab.same_as(models[0].vocab):
-            raise NMTError(f"{path}: its output layer covers other pieces than {paths[0]}'s (trained on other data, "
-                           "or with another model.output_vocab): models must share their output vocabulary")
+            raise NMTError(
+                f"{path}: its output layer covers other pieces than {paths[0]}'s (trained on other data, "
+                "or with another model.output_vocab): models must share their output vocabulary"
+            )
 
 
-def load_models(paths: list[str | Path], device: torch.device | str = "cpu") -> tuple[Seq2Seq | Ensemble, Tokenizer]:
+def load_models(
+    paths: list[str | Path], device: torch.device | str = "cpu"
+) -> tuple[Seq2Seq | Ensemble, Tokenizer]:
     """One model, or an ensemble of several that share their vocabularies."""
     paths = [Path(p) for p in paths]
     loaded = [load_model(p, device) for p in paths]
@@ -81,10 +89,17 @@ def average_models(paths: list[str | Path], output: str | Path) -> None:
     first = loaded[0][0]
     for path, (model, _, _) in zip(paths[1:], loaded[1:]):
         if model.cfg != first.cfg:
-            raise NMTError(f"{path}: its model config differs from {paths[0]}'s: only one architecture can be averaged")
+            raise NMTError(
+                f"{path}: its model config differs from {paths[0]}'s: only one architecture can be averaged"
+            )
     states = [m.state_dict() for m, _, _ in loaded]
-    # Weights are averaged; integer buffers (the output layer's piece ids, equal in all) are taken as they are.
-    averaged = {name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype) if t.is_floating_point() else t
-                for name, t in states[0].items()}
+    # Weights are averaged; integer buffers (the output layer's piece ids, equal in all) are taken as they
+    # are.
+    averaged = {
+        name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype)
+        if t.is_floating_point()
+        else t
+        for name, t in states[0].items()
+    }
     first.load_state_dict(averaged)
     save_model(output, first, loaded[0][1], {"averaged": [str(p) for p in paths]})

@@ -6,4 +6,5 @@ a bug and keeps its traceback.
 
 
 class NMTError(Exception):
-    """A user error: bad path, bad config, mismatched files, bad model file. The message says what and where."""
+    """A user error: bad path, bad config, mismatched files, bad model file. The message says what and
+    where."""

@@ -14,6 +14,9 @@ def token_loss_sum(logits: torch.Tensor, target: torch.Tensor, label_smoothing: 
     The caller divides by the number of target tokens, so batches of any padding weigh tokens equally.
     """
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-        ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum",
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=PAD,
+        label_smoothing=label_smoothing,
+        reduction="sum",
     )

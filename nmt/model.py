@@ -7,11 +7,11 @@ from torch import nn
 
 from nmt.batch import Batch
 from nmt.config import ModelConfig
+from nmt.decoder import Decoder, DecoderState
+from nmt.encoder import Encoder
 from nmt.errors import NMTError
 from nmt.fastpath import PRECISIONS
 from nmt.loss import token_loss_sum
-from nmt.decoder import Decoder, DecoderState
-from nmt.encoder import Encoder
 from nmt.tokenizer import PAD
 from nmt.vocab import OutputVocab
 
@@ -24,11 +24,24 @@ class Seq2Seq(nn.Module):
         self.cfg = cfg
         vocab = OutputVocab(cfg.tgt_vocab_size) if vocab is None else vocab
         if vocab.size != cfg.tgt_vocab_size:
-            raise ValueError(f"output vocabulary of {vocab.size} pieces for a target vocabulary of {cfg.tgt_vocab_size}")
-        self.encoder = Encoder(cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout)
+            raise ValueError(
+                f"output vocabulary of {vocab.size} pieces for a target vocabulary of {cfg.tgt_vocab_size}"
+            )
+        self.encoder = Encoder(
+            cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout
+        )
         self.decoder = Decoder(
-            cfg.tgt_vocab_size, cfg.emb_size, cfg.dec_hidden, cfg.dec_layers, self.encoder.output_size,
-            cfg.attention, cfg.input_feeding, cfg.dropout, cfg.emb_dropout, cfg.tie_embeddings, vocab,
+            cfg.tgt_vocab_size,
+            cfg.emb_size,
+            cfg.dec_hidden,
+            cfg.dec_layers,
+            self.encoder.output_size,
+            cfg.attention,
+            cfg.input_feeding,
+            cfg.dropout,
+            cfg.emb_dropout,
+            cfg.tie_embeddings,
+            vocab,
         )
         if init:
             self.reset_parameters()
@@ -45,9 +58,10 @@ class Seq2Seq(nn.Module):
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
             if "embed" in name:
-                nn.init.normal_(p, std=self.cfg.emb_size ** -0.5)
+                nn.init.normal_(p, std=self.cfg.emb_size**-0.5)
             elif "rnn" in name and "bias" in name:
-                # Forget-gate bias 1 (gates are ordered i, f, g, o), others 0: gradients flow early in training.
+                # Forget-gate bias 1 (gates are ordered i, f, g, o), others 0: gradients flow early in
+                # training.
                 nn.init.zeros_(p)
                 hidden = p.numel() // 4
                 p.data[hidden : 2 * hidden] = 0.5  # bias_ih + bias_hh: 1 in all
@@ -72,10 +86,10 @@ class Seq2Seq(nn.Module):
         return self.decoder.logits(vectors)
 
     def forward(self, batch: Batch, label_smoothing: float = 0.0, chunk: int = 512) -> torch.Tensor:
-        """The loss summed over the target tokens: `token_loss_sum(self.logits(batch), columns, label_smoothing)`,
-        computed without the (B, T, V) logits (training calls the model, so that a DistributedDataParallel
-        wrapper sees the call): the output layer and the loss run on the real (non-PAD) target positions only,
-        `chunk` at a time.
+        """The loss summed over the target tokens:
+        `token_loss_sum(self.logits(batch), columns, label_smoothing)`, computed without the (B, T, V) logits
+        (training calls the model, so that a DistributedDataParallel wrapper sees the call): the output layer
+        and the loss run on the real (non-PAD) target positions only, `chunk` at a time.
         Besides skipping padding, this keeps every tensor small: with the whole logits, each step allocated
         and freed several tensors of tens of MB, which the C allocator maps and unmaps afresh each time (page
         faults took 15% of training's CPU time on 2 cores)."""
@@ -89,29 +103,32 @@ class Seq2Seq(nn.Module):
             for v, t in zip(vectors.split(chunk), target.split(chunk))
         )
 
-    def step(self, prev: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+    def step(
+        self, prev: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Decoding: prev (N,) last pieces → log-probabilities (N, V_out) of the next (column j is piece
         `vocab.to_pieces(j)`), the new state, attention (N, S)."""
         logits, state, weights = self.decoder.step(prev, state)  # logits fp32, new: overwritten in place
         return torch.log_softmax(logits, dim=-1, out=logits), state, weights
 
     def set_precision(self, precision: str) -> "Seq2Seq":
-        """The precision of decoding's matrix multiplies: fp32, bf16 or int8 (dynamic, CPU only); see nmt.fastpath
-        for the decoder and nmt.encoder for the encoder."""
+        """The precision of decoding's matrix multiplies: fp32, bf16 or int8 (dynamic, CPU only); see
+        nmt.fastpath for the decoder and nmt.encoder for the encoder."""
         if precision not in PRECISIONS:
             raise NMTError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
         if precision == "int8" and self.decoder.embed.weight.device.type != "cpu":
-            raise NMTError("precision int8: torch's dynamic int8 kernels run on the CPU only; use bf16 on a GPU")
+            raise NMTError(
+                "precision int8: torch's dynamic int8 kernels run on the CPU only; use bf16 on a GPU"
+            )
         self.encoder.precision = self.decoder.precision = precision
         return self
 
     def prepare(self) -> None:
-        """Build what decoding computes from the weights once (the decoder's step layout, the int8 encoder) now, so
-        that threads decoding side by side share it rather than race to build it."""
+        """Build what decoding computes from the weights once (the decoder's step layout, the int8 encoder)
+        now, so that threads decoding side by side share it rather than race to build it."""
         self.decoder.step_layout()
         if self.encoder.precision == "int8":
             self.encoder.int8_rnn()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-

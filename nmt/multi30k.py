@@ -98,4 +98,7 @@ def fetch(dest: str | Path, mirror: str | Path | None = None) -> list[Path]:
 
 def is_multi30k_path(prefix: str) -> bool:
     """True when a corpus prefix names a file of the Multi30k folder (so it may be fetched when missing)."""
-    return Path(prefix).name in {name.split(".")[0] for name in SHA256} and Path(prefix).parent.name == "multi30k"
+    return (
+        Path(prefix).name in {name.split(".")[0] for name in SHA256}
+        and Path(prefix).parent.name == "multi30k"
+    )

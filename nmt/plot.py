@@ -1,8 +1,9 @@
 """Training curves of one or several runs, read from their metrics.jsonl: `curves.png`.
 
 Rows: against steps, against wall-clock minutes. Columns: training loss (label-smoothed, as optimised),
-validation perplexity (log scale; its loss is log(ppl)), validation BLEU. Several runs are overlaid, one colour each.
-Figures are built with matplotlib's object API (no pyplot state), so plotting is safe inside a running program.
+validation perplexity (log scale; its loss is log(ppl)), validation BLEU. Several runs are overlaid, one
+colour each. Figures are built with matplotlib's object API (no pyplot state), so plotting is safe inside a
+running program.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from pathlib import Path
 from nmt.errors import NMTError
 from nmt.textio import atomic_write
 
-PANELS = [("train", "loss", "training loss"), ("valid", "valid_ppl", "validation perplexity"),
-          ("valid", "valid_bleu", "validation BLEU")]
+PANELS = [
+    ("train", "loss", "training loss"),
+    ("valid", "valid_ppl", "validation perplexity"),
+    ("valid", "valid_bleu", "validation BLEU"),
+]
 AXES = [("step", "steps"), ("minutes", "wall-clock minutes")]
 
 
@@ -45,10 +49,18 @@ def curves_figure(run_dirs: list[str | Path], labels: list[str] | None = None):
     for records, label in zip(runs, labels):
         for row, (x_key, x_label) in enumerate(AXES):
             for col, (kind, y_key, y_label) in enumerate(PANELS):
-                points = [(r[x_key], r[y_key]) for r in records if r.get("type") == kind and y_key in r and x_key in r]
+                points = [
+                    (r[x_key], r[y_key])
+                    for r in records
+                    if r.get("type") == kind and y_key in r and x_key in r
+                ]
                 ax = grid[row][col]
-                ax.plot([x for x, _ in points], [y for _, y in points], marker="." if kind == "valid" else None,
-                        label=label)
+                ax.plot(
+                    [x for x, _ in points],
+                    [y for _, y in points],
+                    marker="." if kind == "valid" else None,
+                    label=label,
+                )
                 ax.set_xlabel(x_label)
                 ax.set_ylabel(y_label)
                 if y_key == "valid_ppl" and points:

@@ -1,14 +1,14 @@
 """The run directory: what a training run writes, and where.
 
-  config.yaml         the config it ran with (vocabulary sizes and the precision it used filled in)
-  spm.model           the SentencePiece model (spm.src.model and spm.tgt.model when the vocabulary is not joint)
-  metrics.jsonl       one JSON object per log interval, validation and test score
-  curves.png          training loss, validation perplexity and BLEU against steps and minutes
-  best.safetensors    the model with the best validation BLEU: self-contained, what `nmt translate` reads
-  step-N.safetensors  the last `train.keep_last` validations' models, for `nmt average`
-  checkpoint.pt       model, optimizer and trainer state for `--resume`
-  train.log           the log
-  <test split>.<lang>.hyp   the best model's translations of each test split
+config.yaml         the config it ran with (vocabulary sizes and the precision it used filled in)
+spm.model           the SentencePiece model (spm.src.model and spm.tgt.model when the vocabulary is not joint)
+metrics.jsonl       one JSON object per log interval, validation and test score
+curves.png          training loss, validation perplexity and BLEU against steps and minutes
+best.safetensors    the model with the best validation BLEU: self-contained, what `nmt translate` reads
+step-N.safetensors  the last `train.keep_last` validations' models, for `nmt average`
+checkpoint.pt       model, optimizer and trainer state for `--resume`
+train.log           the log
+<test split>.<lang>.hyp   the best model's translations of each test split
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ CONFIG = "config.yaml"
 
 
 def make_run_dir(path: str, resume: bool) -> Path:
-    """The run directory, made if missing; NMTError when it cannot be, or when resuming finds no checkpoint."""
+    """The run directory, made if missing; NMTError when it cannot be, or when resuming finds no
+    checkpoint."""
     run_dir = Path(path)
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise NMTError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")

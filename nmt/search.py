@@ -53,8 +53,9 @@ def length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | f
 
 
 def _constrain(logp: torch.Tensor, t: int, max_lens: torch.Tensor, first_forced: int) -> torch.Tensor:
-    """Never emit PAD or BOS; emit EOS at step `t` for rows whose length limit is reached. logp (N, V), in place.
-    `first_forced` is at most the smallest of `max_lens`: before it no row can be forced, and the check is skipped."""
+    """Never emit PAD or BOS; emit EOS at step `t` for rows whose length limit is reached. logp (N, V), in
+    place. `first_forced` is at most the smallest of `max_lens`: before it no row can be forced, and the check
+    is skipped."""
     logp[:, PAD] = NEG_INF
     logp[:, BOS] = NEG_INF
     if t >= first_forced:
@@ -70,10 +71,11 @@ def _strip(tokens: list[int]) -> list[int]:
 
 
 def top_k(x: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x.topk(k, dim=1)` for x (N, V) with k much smaller than V, about twice as fast on a CPU: the k largest of a
-    row lie in the k blocks (of `block` entries) with the largest maxima, so a fast max per block picks k blocks
-    and an exact top-k runs over those k * block entries only. Values equal torch.topk's; among equal values the
-    indices may differ. Rows with fewer than k finite entries get -inf for the rest, with indices below V."""
+    """`x.topk(k, dim=1)` for x (N, V) with k much smaller than V, about twice as fast on a CPU: the k largest
+    of a row lie in the k blocks (of `block` entries) with the largest maxima, so a fast max per block picks k
+    blocks and an exact top-k runs over those k * block entries only. Values equal torch.topk's; among equal
+    values the indices may differ. Rows with fewer than k finite entries get -inf for the rest, with indices
+    below V."""
     n, vocab = x.shape
     if vocab <= 2 * k * block:
         return x.topk(k, dim=1)
@@ -81,7 +83,8 @@ def top_k(x: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch
         x = torch.nn.functional.pad(x, (0, -vocab % block), value=NEG_INF)
     per_row = x.size(1) // block
     _, chosen = x.view(n, per_row, block).amax(dim=2).topk(k, dim=1)  # (N, k) blocks
-    # The chosen blocks as rows of the (N * V / block, block) view: index_select copies them faster than gather.
+    # The chosen blocks as rows of the (N * V / block, block) view: index_select copies them faster than
+    # gather.
     flat = (chosen + torch.arange(0, n * per_row, per_row, device=x.device).unsqueeze(1)).view(-1)  # (N * k,)
     candidates = x.view(n * per_row, block).index_select(0, flat).view(n, k * block)  # (N, k * block)
     values, where = candidates.topk(k, dim=1)  # (N, k)
@@ -90,7 +93,9 @@ def top_k(x: torch.Tensor, k: int, block: int = 64) -> tuple[torch.Tensor, torch
 
 
 @torch.inference_mode()
-def greedy(model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len_ratio: float, max_len_offset: int) -> list[Hypothesis]:
+def greedy(
+    model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, max_len_ratio: float, max_len_offset: int
+) -> list[Hypothesis]:
     """Most likely token at each step. src (B, S), src_lens (B,) → one hypothesis per sentence.
     Sentences leave the batch when they end, so later steps compute only the ones still going."""
     batch, device = src.size(0), src.device
@@ -134,8 +139,15 @@ class Finished:
             torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def add(self, active: torch.Tensor, top_scores: torch.Tensor, word: torch.Tensor, extended: torch.Tensor,
-            t: int, alpha: float) -> None:
+    def add(
+        self,
+        active: torch.Tensor,
+        top_scores: torch.Tensor,
+        word: torch.Tensor,
+        extended: torch.Tensor,
+        t: int,
+        alpha: float,
+    ) -> None:
         """The candidates of sentences `active` (n,) that end here: EOS among the top K of the 2K candidates
         (n, 2K) `top_scores` (raw), `word`, `extended` (n, 2K, t + 1)."""
         n, k, longest = active.numel(), self.scores.size(1), self.tokens.size(2)
@@ -151,16 +163,18 @@ class Finished:
 
     def best(self, n_best: int) -> list[list[Hypothesis]]:
         scores, tokens = self.scores[:, :n_best].tolist(), self.tokens[:, :n_best].tolist()
-        return [[Hypothesis(_strip(toks), score) for toks, score in zip(sent_tokens, sent_scores)]
-                for sent_tokens, sent_scores in zip(tokens, scores)]
+        return [
+            [Hypothesis(_strip(toks), score) for toks, score in zip(sent_tokens, sent_scores)]
+            for sent_tokens, sent_scores in zip(tokens, scores)
+        ]
 
 
 def _candidates(
     model: Searchable, logp: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The 2K best extensions of each of n sentences, from the log-probabilities `logp` (n*K, V) of its K live
-    hypotheses (raw `scores` (n, K), `tokens` (n*K, t)): their raw scores (n, 2K) best first, the hypothesis each
-    extends (n, 2K), the piece it adds (n, 2K) and the extended sequences (n, 2K, t + 1)."""
+    hypotheses (raw `scores` (n, K), `tokens` (n*K, t)): their raw scores (n, 2K) best first, the hypothesis
+    each extends (n, 2K), the piece it adds (n, 2K) and the extended sequences (n, 2K, t + 1)."""
     n, t = scores.size(0), tokens.size(1)
     # The 2K best extensions of each sentence are among the 2K best of each of its hypotheses.
     per_row = min(2 * k, logp.size(1))  # a vocabulary smaller than 2K has fewer
@@ -176,8 +190,14 @@ def _candidates(
 
 @torch.inference_mode()
 def beam_search(
-    model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, beam: int, alpha: float,
-    max_len_ratio: float, max_len_offset: int, n_best: int = 1,
+    model: Searchable,
+    src: torch.Tensor,
+    src_lens: torch.Tensor,
+    beam: int,
+    alpha: float,
+    max_len_ratio: float,
+    max_len_offset: int,
+    n_best: int = 1,
 ) -> list[list[Hypothesis]]:
     """The `n_best` best hypotheses of each sentence, best first. src (B, S), src_lens (B,).
 
@@ -233,8 +253,13 @@ def beam_search(
 
 
 def decode(
-    model: Searchable, src: torch.Tensor, src_lens: torch.Tensor, beam: int, alpha: float,
-    max_len_ratio: float, max_len_offset: int,
+    model: Searchable,
+    src: torch.Tensor,
+    src_lens: torch.Tensor,
+    beam: int,
+    alpha: float,
+    max_len_ratio: float,
+    max_len_offset: int,
 ) -> list[Hypothesis]:
     """The best hypothesis per sentence: greedy for beam 1, beam search otherwise."""
     if beam == 1:

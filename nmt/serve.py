@@ -38,12 +38,15 @@ class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: list[str] = Field(description="lines to translate; one translation per line, in order")
-    beam: int | None = Field(None, ge=1, le=MAX_BEAM, description="beam size, 1 is greedy (default: the server's --beam)")
+    beam: int | None = Field(
+        None, ge=1, le=MAX_BEAM, description="beam size, 1 is greedy (default: the server's --beam)"
+    )
     attention: bool = Field(False, description="also return each line's attention weights")
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, declared (Content-Length) or streamed (chunked).
+    """ASGI middleware: 413 for a request body over `limit` bytes, declared (Content-Length) or streamed
+    (chunked).
 
     The body is read here, up to the limit, and handed on whole: small for any sane limit, and the app behind
     never sees a body it would have to abandon half-read."""
@@ -81,8 +84,16 @@ class BodyLimit:
 
     async def _reject(self, send) -> None:
         body = json.dumps({"error": f"request body over the server's limit of {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -101,8 +112,11 @@ class Service:
         return {
             "translations": [r.text for r in results],
             "attention": [
-                None if r.attention is None else {
-                    "source": r.source, "target": r.pieces,
+                None
+                if r.attention is None
+                else {
+                    "source": r.source,
+                    "target": r.pieces,
                     "weights": [[round(x, 4) for x in row] for row in r.attention.tolist()],  # (T + 1, S + 1)
                 }
                 for r in results
@@ -114,13 +128,18 @@ def _one_line(errors: list[dict]) -> str:
     first = errors[0]
     if first.get("type") == "json_invalid":
         position = first.get("loc", ("body", "?"))[-1]
-        return f"body: not valid JSON at character {position} ({first.get('ctx', {}).get('error', 'decode error')})"
+        return (
+            f"body: not valid JSON at character {position} "
+            f"({first.get('ctx', {}).get('error', 'decode error')})"
+        )
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
-def create_app(translator: Translator, info: dict[str, Any], max_bytes: int = 65536, max_lines: int = 64) -> FastAPI:
+def create_app(
+    translator: Translator, info: dict[str, Any], max_bytes: int = 65536, max_lines: int = 64
+) -> FastAPI:
     service = Service(translator)
     app = FastAPI(title="nmt", description="LSTM neural machine translation", version=info.get("version", ""))
     page = resources.files("nmt").joinpath("page.html").read_text(encoding="utf-8")
@@ -141,8 +160,10 @@ def create_app(translator: Translator, info: dict[str, Any], max_bytes: int = 65
     @app.post("/translate")
     def translate(request: TranslateRequest):
         if len(request.text) > max_lines:
-            return JSONResponse({"error": f"{len(request.text)} lines: over the server's limit of {max_lines} per request"},
-                                status_code=413)
+            return JSONResponse(
+                {"error": f"{len(request.text)} lines: over the server's limit of {max_lines} per request"},
+                status_code=413,
+            )
         return service(request.text, request.beam, request.attention)
 
     app.add_middleware(BodyLimit, limit=max_bytes)

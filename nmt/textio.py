@@ -134,7 +134,7 @@ def count_lines(path: TextPath) -> int:
 
 
 def newline_convention(path: TextPath) -> str:
-    """"LF", "CRLF", "CR", or "none" (no line end at all), judged by the first line: for messages."""
+    """ "LF", "CRLF", "CR", or "none" (no line end at all), judged by the first line: for messages."""
     with _open(path) as f:
         try:
             first, cr = _first_line(f)

@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def train_spm(
-    sentences: Iterable[str], vocab_size: int, model_type: str, max_sentences: int, seed: int = 1, where: str = "corpus"
+    sentences: Iterable[str],
+    vocab_size: int,
+    model_type: str,
+    max_sentences: int,
+    seed: int = 1,
+    where: str = "corpus",
 ) -> bytes:
     """Train a SentencePiece model on `sentences` and return it serialized.
 
@@ -85,7 +90,11 @@ class Tokenizer:
 
     def __post_init__(self) -> None:
         self.src = load_spm(self.src_proto, "source SentencePiece model")
-        self.tgt = self.src if self.tgt_proto == self.src_proto else load_spm(self.tgt_proto, "target SentencePiece model")
+        self.tgt = (
+            self.src
+            if self.tgt_proto == self.src_proto
+            else load_spm(self.tgt_proto, "target SentencePiece model")
+        )
 
     def __getstate__(self) -> dict:  # pickled as the model bytes, for `datasets`' worker processes
         return {"src_proto": self.src_proto, "tgt_proto": self.tgt_proto}
@@ -123,9 +132,9 @@ class Tokenizer:
 
 
 def tokenizer_for_run(cfg: DataConfig, run_dir: Path, train_text: Any, seed: int) -> Tokenizer:
-    """A training run's SentencePiece model(s): loaded from the run directory (`spm.model`, or `spm.src.model` and
-    `spm.tgt.model` when the vocabulary is not joint), or trained on `train_text` (a dataset with text columns
-    `src` and `tgt`) and written there."""
+    """A training run's SentencePiece model(s): loaded from the run directory (`spm.model`, or `spm.src.model`
+    and `spm.tgt.model` when the vocabulary is not joint), or trained on `train_text` (a dataset with text
+    columns `src` and `tgt`) and written there."""
     joint, src_file, tgt_file = run_dir / "spm.model", run_dir / "spm.src.model", run_dir / "spm.tgt.model"
     if cfg.joint_vocab and joint.is_file():
         proto = joint.read_bytes()

@@ -52,32 +52,50 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
 
 def build(
-    cfg: Config, resume: bool, run_dir: Path, metrics: MetricsLog, start: float, world: World, device: torch.device
+    cfg: Config,
+    resume: bool,
+    run_dir: Path,
+    metrics: MetricsLog,
+    start: float,
+    world: World,
+    device: torch.device,
 ) -> Trainer:
     """Seeds, data, then the trainer: a fresh model, or the checkpoint's when resuming."""
     t = cfg.train
     precision = resolve_precision(t.precision, device)
-    log.info("device %s, precision %s, %d process(es), %d batch(es) per process per step", device, precision,
-             world.size, t.accumulate)
+    log.info(
+        "device %s, precision %s, %d process(es), %d batch(es) per process per step",
+        device,
+        precision,
+        world.size,
+        t.accumulate,
+    )
     if t.threads:
         torch.set_num_threads(t.threads)
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     prepared = prepare(cfg, run_dir, world)
     if world.main:
-        recorded = dataclasses.replace(cfg, model=prepared.model_cfg, train=dataclasses.replace(t, precision=precision))
+        recorded = dataclasses.replace(
+            cfg, model=prepared.model_cfg, train=dataclasses.replace(t, precision=precision)
+        )
         save_config(recorded, run_dir / CONFIG)
         world.barrier()
     trainer = Trainer(cfg, prepared, precision, run_dir, world, device, metrics, start, resume)
-    log.info("model: %d parameters; %d training pairs, %d validation pairs; device %s",
-             trainer.model.num_parameters(), len(prepared.train_ds), len(prepared.valid_ds), device)
+    log.info(
+        "model: %d parameters; %d training pairs, %d validation pairs; device %s",
+        trainer.model.num_parameters(),
+        len(prepared.train_ds),
+        len(prepared.valid_ds),
+        device,
+    )
     return trainer
 
 
 def prepare(cfg: Config, run_dir: Path, world: World) -> Prepared:
-    """Text, tokenizer, encoded sets and output vocabulary. Test splits are loaded too, so a missing file fails
-    before training, not after. Rank 0 prepares (fetch, SentencePiece, encoding cache) while the others wait,
-    then they read what it made."""
+    """Text, tokenizer, encoded sets and output vocabulary. Test splits are loaded too, so a missing file
+    fails before training, not after. Rank 0 prepares (fetch, SentencePiece, encoding cache) while the others
+    wait, then they read what it made."""
     if not world.main:
         world.barrier()
     train_text = data.load_text(cfg.data, cfg.data.train)
@@ -90,10 +108,17 @@ def prepare(cfg: Config, run_dir: Path, world: World) -> Prepared:
     seen = data.target_pieces(train_ds) if cfg.model.output_vocab == "seen" else None
     vocab = OutputVocab.build(cfg.model.output_vocab, tok.tgt_vocab_size, seen)
     if seen is not None:
-        log.info("output layer: %d rows, the %d of %d target pieces that the training data has and %d more",
-                 vocab.rows, seen.numel(), vocab.size, vocab.rows - seen.numel())
+        log.info(
+            "output layer: %d rows, the %d of %d target pieces that the training data has and %d more",
+            vocab.rows,
+            seen.numel(),
+            vocab.size,
+            vocab.rows - seen.numel(),
+        )
     model_cfg = dataclasses.replace(
-        cfg.model, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size,
+        cfg.model,
+        src_vocab_size=tok.src_vocab_size,
+        tgt_vocab_size=tok.tgt_vocab_size,
         out_vocab_size=0 if vocab.pieces is None else vocab.rows,
     )
     valid = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
@@ -104,11 +129,24 @@ def finish(cfg: Config, trainer: Trainer) -> None:
     """The run's last record and curves; rank 0 scores the best model on the test sets."""
     p, world, run_dir = trainer.progress, trainer.world, trainer.run_dir
     minutes = round(trainer.elapsed() / 60, 2)
-    log.info("training done: %d steps, %d epochs, %.1f minutes, best validation BLEU %.2f",
-             p.step, p.epoch, trainer.elapsed() / 60, p.best_bleu)
-    trainer.metrics.write({"type": "done", "step": p.step, "epoch": p.epoch, "minutes": minutes,
-                           "best_valid_bleu": p.best_bleu, "parameters": trainer.model.num_parameters(),
-                           "validation_seconds": trainer.validation_seconds})
+    log.info(
+        "training done: %d steps, %d epochs, %.1f minutes, best validation BLEU %.2f",
+        p.step,
+        p.epoch,
+        trainer.elapsed() / 60,
+        p.best_bleu,
+    )
+    trainer.metrics.write(
+        {
+            "type": "done",
+            "step": p.step,
+            "epoch": p.epoch,
+            "minutes": minutes,
+            "best_valid_bleu": p.best_bleu,
+            "parameters": trainer.model.num_parameters(),
+            "validation_seconds": trainer.validation_seconds,
+        }
+    )
     if world.main:
         plot_runs([run_dir], run_dir / CURVES)
         score_test_sets(cfg, run_dir, trainer.model.device, trainer.metrics)
@@ -126,6 +164,12 @@ def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics: M
         hyps = translator.translate(list(text["src"]))
         write_lines(run_dir / f"{name}.{cfg.data.tgt_lang}.hyp", hyps)
         scores = corpus_scores(hyps, list(text["tgt"]))
-        log.info("test %s (beam %d): %s  %s", name, cfg.decode.beam, scores["bleu_detail"], scores["bleu_signature"])
+        log.info(
+            "test %s (beam %d): %s  %s",
+            name,
+            cfg.decode.beam,
+            scores["bleu_detail"],
+            scores["bleu_signature"],
+        )
         log.info("test %s: chrF2 %.2f  %s", name, scores["chrf"], scores["chrf_signature"])
         metrics.write({"type": "test", "split": name, "beam": cfg.decode.beam, **scores})

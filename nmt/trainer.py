@@ -1,7 +1,8 @@
-"""The trainer: one object that holds a run's state (model, optimizer, progress) and takes it through the loop:
-steps over length-bucketed batches, validation every `valid_every` steps (BLEU through the same `Translator` as
-`nmt translate`), the best model kept, learning-rate cuts, early stopping, the time budget, and a checkpoint at
-every validation for an exact `--resume`. The pure pieces (learning rate, budget, one step) are functions.
+"""The trainer: one object that holds a run's state (model, optimizer, progress) and takes it through the
+loop: steps over length-bucketed batches, validation every `valid_every` steps (BLEU through the same
+`Translator` as `nmt translate`), the best model kept, learning-rate cuts, early stopping, the time budget,
+and a checkpoint at every validation for an exact `--resume`. The pure pieces (learning rate, budget, one
+step) are functions.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def learning_rate(step: int, cfg: TrainConfig, scale: float) -> float:
 
 
 def over_budget(t: TrainConfig, progress: Progress, seconds: float, longest_validation: float) -> bool:
-    """Whether training must stop now: `max_steps` or `max_epochs` reached, or `seconds` of training so far plus
-    a validation as long as the longest one so far (the last must fit too) reach `time_budget_min`."""
+    """Whether training must stop now: `max_steps` or `max_epochs` reached, or `seconds` of training so far
+    plus a validation as long as the longest one so far (the last must fit too) reach `time_budget_min`."""
     return bool(
         (t.max_steps and progress.step >= t.max_steps)
         or (t.time_budget_min and seconds + longest_validation >= t.time_budget_min * 60)
@@ -72,8 +73,14 @@ def over_budget(t: TrainConfig, progress: Progress, seconds: float, longest_vali
 
 
 def train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch], lr: float, t: TrainConfig,
-    n_tokens: int, precision: str, world_size: int = 1,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[Batch],
+    lr: float,
+    t: TrainConfig,
+    n_tokens: int,
+    precision: str,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """One update from this process's `batches` (gradients accumulated over them and, under DDP, averaged over
     the processes), normalised by `n_tokens`, the target tokens of the whole step on all processes, so every
@@ -145,8 +152,18 @@ class Window:
 class Trainer:
     """The state of a run, in one object: model, optimizer, progress, and what validation needs."""
 
-    def __init__(self, cfg: Config, prepared: Prepared, precision: str, run_dir: Path, world: World,
-                 device: torch.device, metrics: MetricsLog, start: float, resume: bool):
+    def __init__(
+        self,
+        cfg: Config,
+        prepared: Prepared,
+        precision: str,
+        run_dir: Path,
+        world: World,
+        device: torch.device,
+        metrics: MetricsLog,
+        start: float,
+        resume: bool,
+    ):
         self.cfg, self.t, self.prepared, self.precision = cfg, cfg.train, prepared, precision
         self.run_dir, self.world, self.metrics, self.start = run_dir, world, metrics, start
         self.model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device)
@@ -155,7 +172,9 @@ class Trainer:
         if resume:
             self.restore(load_checkpoint(run_dir / CHECKPOINT))
         if world.size > 1:
-            torch.manual_seed(self.t.seed * 1_000 + world.rank + self.progress.step)  # each rank its own dropout
+            torch.manual_seed(
+                self.t.seed * 1_000 + world.rank + self.progress.step
+            )  # each rank its own dropout
         self.stepped = torch.nn.parallel.DistributedDataParallel(self.model) if world.size > 1 else self.model
         valid_decode = dataclasses.replace(cfg.decode, beam=self.t.valid_beam)
         self.translator = Translator(self.model, prepared.tok, "fp32", valid_decode)
@@ -179,11 +198,17 @@ class Trainer:
         if not self.world.main:
             return
         py_state = random.getstate()
-        save_checkpoint(self.run_dir / CHECKPOINT, {
-            "version": VERSION, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "progress": asdict(self.progress) | {"elapsed": self.elapsed()},
-            "rng": torch.get_rng_state(), "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
-        })
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            {
+                "version": VERSION,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": asdict(self.progress) | {"elapsed": self.elapsed()},
+                "rng": torch.get_rng_state(),
+                "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            },
+        )
 
     def should_stop(self) -> bool:
         """Rank 0's clock decides for all."""
@@ -194,8 +219,11 @@ class Trainer:
         with evaluating(self.model):
             loss = validation_loss(self.model, self.prepared.valid_ds, self.t.batch_tokens)
             hyps = self.translator.translate(self.prepared.valid_text["src"])
-        return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
-                "valid_bleu": round(bleu(hyps, self.prepared.valid_text["tgt"]), 2)}
+        return {
+            "valid_loss": round(loss, 4),
+            "valid_ppl": round(math.exp(min(loss, 50)), 2),
+            "valid_bleu": round(bleu(hyps, self.prepared.valid_text["tgt"]), 2),
+        }
 
     def run_validation(self) -> bool:
         """Validate on rank 0 (the replicas are equal); every rank takes its outcome. True when patience ran
@@ -223,22 +251,41 @@ class Trainer:
             if t.lr_decay == "plateau" and p.plateau_validations >= t.plateau_patience:
                 p.lr_scale *= t.plateau_factor
                 p.plateau_validations = 0
-                log.info("validation BLEU has not improved for %d validations: learning rate x%g",
-                         t.plateau_patience, t.plateau_factor)
+                log.info(
+                    "validation BLEU has not improved for %d validations: learning rate x%g",
+                    t.plateau_patience,
+                    t.plateau_factor,
+                )
         if t.keep_last:
             self.keep_snapshot(scores)
-        self.metrics.write({"type": "valid", "step": p.step, "epoch": p.epoch,
-                            "minutes": round(self.elapsed() / 60, 2), **scores, "best": improved})
+        self.metrics.write(
+            {
+                "type": "valid",
+                "step": p.step,
+                "epoch": p.epoch,
+                "minutes": round(self.elapsed() / 60, 2),
+                **scores,
+                "best": improved,
+            }
+        )
         plot_runs([self.run_dir], self.run_dir / CURVES)
-        log.info("validation at step %d: loss %.4f ppl %.2f BLEU %.2f%s", p.step, scores["valid_loss"],
-                 scores["valid_ppl"], scores["valid_bleu"], " (best)" if improved else "")
+        log.info(
+            "validation at step %d: loss %.4f ppl %.2f BLEU %.2f%s",
+            p.step,
+            scores["valid_loss"],
+            scores["valid_ppl"],
+            scores["valid_bleu"],
+            " (best)" if improved else "",
+        )
         self.checkpoint()
         return t.patience > 0 and p.bad_validations >= t.patience
 
     def keep_snapshot(self, scores: dict[str, Any]) -> None:
         """This validation's model as step-N.safetensors; only the last `keep_last` are kept."""
         step = self.progress.step
-        save_model(self.run_dir / f"step-{step}.safetensors", self.model, self.prepared.tok, {"step": step, **scores})
+        save_model(
+            self.run_dir / f"step-{step}.safetensors", self.model, self.prepared.tok, {"step": step, **scores}
+        )
         snapshots = sorted(self.run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
         for old in snapshots[: -self.t.keep_last]:
             old.unlink()
@@ -249,10 +296,13 @@ class Trainer:
         world, p = self.world, self.progress
         n_tokens = sum(int(tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
         device = self.model.device
-        mine = [data.collate(self.prepared.train_ds, b).to(device) for b in step_batches[world.rank :: world.size]]
+        mine = [
+            data.collate(self.prepared.train_ds, b).to(device) for b in step_batches[world.rank :: world.size]
+        ]
         lr = learning_rate(p.step + 1, self.t, p.lr_scale)
-        self.window.loss += train_step(self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision,
-                                       world.size)
+        self.window.loss += train_step(
+            self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision, world.size
+        )
         self.window.tokens += n_tokens
         p.step += 1
         p.position += 1
@@ -263,11 +313,25 @@ class Trainer:
         p, w = self.progress, self.window
         seconds = time.monotonic() - w.start
         loss = self.world.sum(float(w.loss))[0] / w.tokens
-        record = {"type": "train", "step": p.step, "epoch": p.epoch, "loss": round(loss, 4),
-                  "tokens_per_s": round(w.tokens / seconds, 1), "lr": lr, "minutes": round(self.elapsed() / 60, 2)}
+        record = {
+            "type": "train",
+            "step": p.step,
+            "epoch": p.epoch,
+            "loss": round(loss, 4),
+            "tokens_per_s": round(w.tokens / seconds, 1),
+            "lr": lr,
+            "minutes": round(self.elapsed() / 60, 2),
+        }
         self.metrics.write(record)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        log.info("step %d epoch %d loss %.4f tokens/s %.0f lr %.2e", p.step, p.epoch, loss, record["tokens_per_s"], lr)
+        log.info(
+            "step %d epoch %d loss %.4f tokens/s %.0f lr %.2e",
+            p.step,
+            p.epoch,
+            loss,
+            record["tokens_per_s"],
+            lr,
+        )
         self.window = Window()
 
     def loop(self) -> None:
@@ -277,8 +341,13 @@ class Trainer:
         src_lens, tgt_lens = data.columns(self.prepared.train_ds)
         self.model.train()
         stop, validated_at = self.should_stop(), -1
-        self.bar = tqdm(desc="training", unit="step", initial=self.progress.step, dynamic_ncols=True,
-                        disable=None if self.world.main else True)
+        self.bar = tqdm(
+            desc="training",
+            unit="step",
+            initial=self.progress.step,
+            dynamic_ncols=True,
+            disable=None if self.world.main else True,
+        )
         with interrupt_flag() as interrupted:
             while not stop:
                 generator = torch.Generator().manual_seed(t.seed * 100_003 + self.progress.epoch)
@@ -294,21 +363,28 @@ class Trainer:
                     if self.progress.step % t.valid_every == 0 or stop:
                         validated_at = self.progress.step
                         if self.run_validation():
-                            log.info("early stopping: no better validation BLEU in %d validations", t.patience)
+                            log.info(
+                                "early stopping: no better validation BLEU in %d validations", t.patience
+                            )
                             stop = True
                         stop = stop or self.should_stop()  # this validation may have to be the last
                 if self.progress.position >= steps:
                     self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
                     stop = stop or self.should_stop()
-            if validated_at != self.progress.step or self.progress.best_bleu < 0:  # the last step, or no best yet
+            if (
+                validated_at != self.progress.step or self.progress.best_bleu < 0
+            ):  # the last step, or no best yet
                 self.run_validation()
         self.bar.close()
 
     def interrupt(self) -> None:
         self.bar.close()
         self.checkpoint()
-        log.warning("interrupted at step %d: checkpoint saved to %s (continue with --resume)",
-                    self.progress.step, self.run_dir / CHECKPOINT)
+        log.warning(
+            "interrupted at step %d: checkpoint saved to %s (continue with --resume)",
+            self.progress.step,
+            self.run_dir / CHECKPOINT,
+        )
         raise KeyboardInterrupt
 
 

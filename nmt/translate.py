@@ -41,14 +41,20 @@ class Translation:
     text: str
     source: list[str]  # the source pieces the model read
     pieces: list[str]  # the translation's pieces
-    attention: torch.Tensor | None = None  # (T + 1, S + 1) pieces and EOS; None for an empty line or not asked
+    attention: torch.Tensor | None = (
+        None  # (T + 1, S + 1) pieces and EOS; None for an empty line or not asked
+    )
 
 
 class Translator:
     """Translates lists of lines with a loaded model or ensemble."""
 
     def __init__(
-        self, model: Seq2Seq | Ensemble, tok: Tokenizer, precision: str = "fp32", decode: DecodeConfig | None = None
+        self,
+        model: Seq2Seq | Ensemble,
+        tok: Tokenizer,
+        precision: str = "fp32",
+        decode: DecodeConfig | None = None,
     ):
         """`model` on its device; `precision` of decoding (fp32, bf16, int8); `decode` the defaults of
         `translate`'s options."""
@@ -59,11 +65,16 @@ class Translator:
 
     @classmethod
     def load(
-        cls, paths: str | Path | list[str | Path], device: str = "auto", precision: str = "fp32",
-        threads: int | None = None, decode: DecodeConfig | None = None,
+        cls,
+        paths: str | Path | list[str | Path],
+        device: str = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+        decode: DecodeConfig | None = None,
     ) -> "Translator":
         """A model file, or several (an ensemble: they must share vocabularies), on `device` (auto: CUDA when
-        there is one), decoding in `precision` with `threads` CPU threads (torch's setting for the process)."""
+        there is one), decoding in `precision` with `threads` CPU threads (torch's setting for the
+        process)."""
         from nmt.device import resolve_device
 
         if threads:
@@ -90,7 +101,8 @@ class Translator:
         return dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
 
     def translate(self, lines: list[str], **options) -> list[str]:
-        """One translation per line, in order. `options`: any `DecodeConfig` field (beam, length_penalty, ...)."""
+        """One translation per line, in order. `options`: any `DecodeConfig` field (beam, length_penalty,
+        ...)."""
         return self.tok.decode_tgt(translate_ids(self.model, self.source_ids(lines), self.options(**options)))
 
     def translations(self, lines: list[str], attention: bool = False, **options) -> list[Translation]:
@@ -105,8 +117,10 @@ class Translator:
 
             weights = attention_weights(self.model, src, hyp, opts.sentences())
         texts = self.tok.decode_tgt(hyp)
-        return [Translation(text, self.tok.src_pieces(s), self.tok.tgt_pieces(h), w)
-                for text, s, h, w in zip(texts, src, hyp, weights)]
+        return [
+            Translation(text, self.tok.src_pieces(s), self.tok.tgt_pieces(h), w)
+            for text, s, h, w in zip(texts, src, hyp, weights)
+        ]
 
     def source_ids(self, lines: list[str]) -> list[list[int]]:
         """Lines → source piece ids: blank lines give [], lines over the model's limit are truncated (with a
@@ -123,10 +137,11 @@ class Translator:
 def translate_ids(model: Searchable, src_ids: list[list[int]], opts: DecodeConfig) -> list[list[int]]:
     """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs.
 
-    On a CPU with several torch threads, the batches decode side by side, one per thread, each single-threaded:
-    a decoding step is many small operations, and splitting each of them across threads costs more in
-    synchronisation than it gains, while two batches keep two cores busy (one runs Python while the other runs a
-    kernel). What the threads share (the decoder's step weights, an int8 encoder) is built first."""
+    On a CPU with several torch threads, the batches decode side by side, one per thread, each
+    single-threaded: a decoding step is many small operations, and splitting each of them across threads costs
+    more in synchronisation than it gains, while two batches keep two cores busy (one runs Python while the
+    other runs a kernel). What the threads share (the decoder's step weights, an int8 encoder) is built
+    first."""
     out: list[list[int]] = [[] for _ in src_ids]
     batches = list(length_batches(src_ids, opts.sentences()))
     model.prepare()
@@ -135,7 +150,13 @@ def translate_ids(model: Searchable, src_ids: list[list[int]], opts: DecodeConfi
     def run(chunk: list[int]) -> list[Hypothesis]:
         src, src_lens = source_tensors([src_ids[i] for i in chunk])
         return decode(
-            model, src.to(device), src_lens, opts.beam, opts.length_penalty, opts.max_len_ratio, opts.max_len_offset
+            model,
+            src.to(device),
+            src_lens,
+            opts.beam,
+            opts.length_penalty,
+            opts.max_len_ratio,
+            opts.max_len_offset,
         )
 
     threads = torch.get_num_threads()

@@ -3,8 +3,8 @@
 With a joint SentencePiece model the other language's pieces are never a right answer, so the output layer
 covers the pieces the training targets have (`model.output_vocab: seen`; en-de keeps 5,483 of 8,000), or every
 piece (`all`). One `OutputVocab` is built when training starts, saved in the model file with the weights (its
-`pieces` buffer), and is what the model (targets → columns, the output layer's rows), search (columns → pieces)
-and ensembles (members must have equal ones) use.
+`pieces` buffer), and is what the model (targets → columns, the output layer's rows), search (columns →
+pieces) and ensembles (members must have equal ones) use.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ ROW_MULTIPLE = 64
 
 
 class OutputVocab(nn.Module):
-    """Pieces ↔ columns. `pieces` (V_out,): the sorted piece id of each column (PAD, UNK, BOS and EOS, the lowest
-    ids, always among them, so they are their own columns); None: every piece of the `size` pieces of the target
-    vocabulary, column j being piece j. A module so that it moves with the model and is saved with its weights."""
+    """Pieces ↔ columns. `pieces` (V_out,): the sorted piece id of each column (PAD, UNK, BOS and EOS, the
+    lowest ids, always among them, so they are their own columns); None: every piece of the `size` pieces of
+    the target vocabulary, column j being piece j. A module so that it moves with the model and is saved with
+    its weights."""
 
     pieces: torch.Tensor | None
 
@@ -53,7 +54,8 @@ class OutputVocab(nn.Module):
         return self.size if self.pieces is None else self.pieces.numel()
 
     def columns(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Piece ids (any shape) → their columns; a piece outside the vocabulary (unseen in training) gets UNK's."""
+        """Piece ids (any shape) → their columns; a piece outside the vocabulary (unseen in training) gets
+        UNK's."""
         if self.pieces is None:
             return tokens
         column = torch.full((self.size,), UNK, dtype=torch.long, device=tokens.device)

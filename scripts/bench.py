@@ -1,14 +1,15 @@
-"""Quality benchmark: train each direction's config under its time budget, score the best model on its test sets.
+"""Quality benchmark: train each direction's config under its time budget, score the best model on its test
+sets.
 
     python scripts/bench.py [en-de de-en en-fr en-cs] [--reuse] [--out results]
 
 For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory).
 The length penalty is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and
 `nmt evaluate` translates every test set of the config with it as a whole process (so the speed column is what
-a user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes `<out>/bench.json`,
-`<out>/bench.md` (a Markdown table) and `<out>/valid_bleu.png` (validation BLEU against training minutes, every
-run). Directions not benchmarked this time keep their earlier rows, so `make bench BENCH=en-de` refreshes one
-direction only.
+a user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes
+`<out>/bench.json`, `<out>/bench.md` (a Markdown table) and `<out>/valid_bleu.png` (validation BLEU against
+training minutes, every run). Directions not benchmarked this time keep their earlier rows, so
+`make bench BENCH=en-de` refreshes one direction only.
 
 `--reuse` skips training where the run directory already holds a finished run of the same config.
 """
@@ -45,20 +46,24 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def finished(run_dir: Path, config: Path) -> bool:
-    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary and output layer
-    sizes and decoding settings aside)."""
+    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary and output
+    layer sizes and decoding settings aside)."""
     saved = run_dir / "config.yaml"
     if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
         return False
     if not any(r["type"] == "done" for r in records(run_dir)):
         return False
     ours, theirs = load_config(config).to_dict(), load_config(saved).to_dict()
-    if not theirs["model"]["out_vocab_size"]:  # a run from before `output_vocab` had an output layer over all pieces
+    if not theirs["model"][
+        "out_vocab_size"
+    ]:  # a run from before `output_vocab` had an output layer over all pieces
         theirs["model"]["output_vocab"] = "all"
     for cfg in (ours, theirs):
         cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0, out_vocab_size=0)
         cfg["train"]["precision"] = "auto"  # a run records the precision `auto` resolved to
-        cfg["data"]["spm_sentences"] = 0  # only used to train SentencePiece, which a rerun takes from the run dir
+        cfg["data"]["spm_sentences"] = (
+            0  # only used to train SentencePiece, which a rerun takes from the run dir
+        )
         del cfg["decode"]  # decoding settings do not change the trained model
     return ours == theirs
 
@@ -66,8 +71,22 @@ def finished(run_dir: Path, config: Path) -> bool:
 def evaluate(model: Path, src: Path, ref: Path, alpha: float, json_path: Path) -> tuple[dict, float]:
     """`nmt evaluate` as a whole process, beam 5: its scores and its wall-clock seconds."""
     start = time.perf_counter()
-    nmt("-q", "evaluate", "-m", str(model), "--beam", str(BEAM), "--length-penalty", str(alpha),
-        "--src", str(src), "--ref", str(ref), "--json", str(json_path))
+    nmt(
+        "-q",
+        "evaluate",
+        "-m",
+        str(model),
+        "--beam",
+        str(BEAM),
+        "--length-penalty",
+        str(alpha),
+        "--src",
+        str(src),
+        "--ref",
+        str(ref),
+        "--json",
+        str(json_path),
+    )
     seconds = time.perf_counter() - start
     result = json.loads(json_path.read_text(encoding="utf-8"))
     json_path.unlink()
@@ -77,7 +96,9 @@ def evaluate(model: Path, src: Path, ref: Path, alpha: float, json_path: Path) -
 def choose_length_penalty(model: Path, cfg, out: Path) -> tuple[float, dict[str, float]]:
     """The length penalty with the best validation BLEU (the smallest of equals), and every one's BLEU."""
     valid = [corpus_file(str(ROOT / cfg.data.valid), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang)]
-    bleu = {alpha: evaluate(model, *valid, alpha, out / "valid.json")[0]["bleu"] for alpha in LENGTH_PENALTIES}
+    bleu = {
+        alpha: evaluate(model, *valid, alpha, out / "valid.json")[0]["bleu"] for alpha in LENGTH_PENALTIES
+    }
     best = max(LENGTH_PENALTIES, key=lambda alpha: (bleu[alpha], -alpha))
     print(f"validation BLEU by length penalty: {bleu}; chosen {best}", flush=True)
     return best, {str(alpha): b for alpha, b in bleu.items()}
@@ -99,29 +120,45 @@ def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
         src, ref = (corpus_file(str(ROOT / prefix), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang))
         result, seconds = evaluate(model, src, ref, alpha, out / f"{direction}.{Path(prefix).name}.json")
         n = count_lines(src)
-        rows.append({
-            "direction": direction, "test_set": Path(prefix).name, "bleu": result["bleu"], "chrf": result["chrf"],
-            "signature": result["bleu_signature"], "minutes": done["minutes"], "steps": done["step"],
-            "parameters": done["parameters"], "translate_sent_per_s": round(n / seconds, 1),
-            "length_penalty": alpha, "valid_bleu_by_length_penalty": valid_bleu,
-            "best_valid_bleu": done["best_valid_bleu"],
-            "curve": [(r["minutes"], r["valid_bleu"]) for r in records(run_dir) if r["type"] == "valid"],
-        })
+        rows.append(
+            {
+                "direction": direction,
+                "test_set": Path(prefix).name,
+                "bleu": result["bleu"],
+                "chrf": result["chrf"],
+                "signature": result["bleu_signature"],
+                "minutes": done["minutes"],
+                "steps": done["step"],
+                "parameters": done["parameters"],
+                "translate_sent_per_s": round(n / seconds, 1),
+                "length_penalty": alpha,
+                "valid_bleu_by_length_penalty": valid_bleu,
+                "best_valid_bleu": done["best_valid_bleu"],
+                "curve": [(r["minutes"], r["valid_bleu"]) for r in records(run_dir) if r["type"] == "valid"],
+            }
+        )
     return rows
 
 
 def write_table(rows: list[dict], path: Path) -> None:
     lines = [
-        "| direction | test set | BLEU | chrF2 | length penalty (chosen on val) | training minutes | steps | parameters "
+        "| direction | test set | BLEU | chrF2 | length penalty (chosen on val) | training minutes "
+        "| steps | parameters "
         "| translate (beam 5), sentences/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['length_penalty']:g} "
-                     f"| {r['minutes']:.1f} | {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |")
+        lines.append(
+            f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} "
+            f"| {r['length_penalty']:g} "
+            f"| {r['minutes']:.1f} | {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |"
+        )
     signatures = sorted({r["signature"] for r in rows})
-    lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
-              "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included."]
+    lines += [
+        "",
+        "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
+        "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included.",
+    ]
     write_text(path, "\n".join(lines) + "\n")
 
 
@@ -149,9 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Checked by hand: with nargs="*" and no direction given, argparse (3.11) checks the whole empty list
     # against `choices` and refuses it.
-    parser.add_argument("directions", nargs="*", metavar="DIRECTION",
-                        help=f"any of {', '.join(DIRECTIONS)} (default all)")
-    parser.add_argument("--reuse", action="store_true", help="use a finished run of the same config instead of training")
+    parser.add_argument(
+        "directions", nargs="*", metavar="DIRECTION", help=f"any of {', '.join(DIRECTIONS)} (default all)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="use a finished run of the same config instead of training"
+    )
     parser.add_argument("--out", default=ROOT / "results", type=Path)
     args = parser.parse_args(argv)
     unknown = [d for d in args.directions if d not in DIRECTIONS]

@@ -4,13 +4,13 @@
 
 Measures, on the machine it runs on:
 - the fp32 and bf16 matrix-multiply peak (a large square GEMM, best of several);
-- training throughput (target tokens/s over `--steps` steps after `--warmup`) of the run's config, of the same in
-  fp32, of that with an output layer over all pieces (`model.output_vocab: all`), and of the benchmark
+- training throughput (target tokens/s over `--steps` steps after `--warmup`) of the run's config, of the same
+  in fp32, of that with an output layer over all pieces (`model.output_vocab: all`), and of the benchmark
   architecture with JoeyNMT's Bahdanau attention, input feeding and all pieces; each with the fraction of its
   precision's GEMM peak it reaches (FLOPs estimated as 6 × multiply-adds per token);
-- `nmt translate` of test_2016_flickr as a whole process (start-up and model load included), greedy and beam 5,
-  in fp32, bf16 and int8: seconds, sentences/s and peak resident memory, each the median of `--repeats` runs,
-  with the BLEU of the output and its cost against fp32.
+- `nmt translate` of test_2016_flickr as a whole process (start-up and model load included), greedy and
+  beam 5, in fp32, bf16 and int8: seconds, sentences/s and peak resident memory, each the median of
+  `--repeats` runs, with the BLEU of the output and its cost against fp32.
 Without a trained run (a fresh clone), it first trains the default config for `--train-minutes`.
 Writes `<out>/speed.json` and `<out>/speed.md`.
 """
@@ -67,7 +67,9 @@ def flops_per_target_token(model, src_per_tgt: float) -> float:
     cfg = model.cfg
     enc = 2 * 4 * cfg.enc_hidden * (cfg.emb_size + cfg.enc_hidden) * cfg.enc_layers  # both directions
     dec_in = cfg.emb_size + (cfg.dec_hidden if cfg.input_feeding else 0)
-    dec = 4 * cfg.dec_hidden * (dec_in + cfg.dec_hidden) + 4 * cfg.dec_hidden * 2 * cfg.dec_hidden * (cfg.dec_layers - 1)
+    dec = 4 * cfg.dec_hidden * (dec_in + cfg.dec_hidden) + 4 * cfg.dec_hidden * 2 * cfg.dec_hidden * (
+        cfg.dec_layers - 1
+    )
     memory = 2 * cfg.enc_hidden
     attention_per_src = memory * cfg.dec_hidden if cfg.attention == "bahdanau" else 2 * cfg.dec_hidden
     combine = (cfg.dec_hidden + memory) * cfg.dec_hidden
@@ -114,10 +116,17 @@ def training_throughput(
     synchronize(device)
     seconds = time.perf_counter() - start
     flops = flops_per_target_token(model, src_tokens / tokens) * tokens / seconds
-    return {"name": name, "precision": precision, "tokens_per_s": round(tokens / seconds, 1), "steps": steps,
-            "batch_tokens": cfg.train.batch_tokens,
-            "sentences_per_batch": round(len(ds) / len(batches), 1), "gflops": round(flops / 1e9, 2),
-            "parameters": model.num_parameters(), "output_rows": prepared.vocab.rows}
+    return {
+        "name": name,
+        "precision": precision,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "steps": steps,
+        "batch_tokens": cfg.train.batch_tokens,
+        "sentences_per_batch": round(len(ds) / len(batches), 1),
+        "gflops": round(flops / 1e9, 2),
+        "parameters": model.num_parameters(),
+        "output_rows": prepared.vocab.rows,
+    }
 
 
 def translate_process(model: Path, src: Path, beam: int, repeats: int, precision: str, device: str) -> dict:
@@ -127,8 +136,28 @@ def translate_process(model: Path, src: Path, beam: int, repeats: int, precision
     times, peaks = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "nmt", "-q", "translate", "-m", str(model), "-i", str(src),
-                                 "-o", str(out), "--beam", str(beam), "--precision", precision, "--device", device], cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nmt",
+                "-q",
+                "translate",
+                "-m",
+                str(model),
+                "-i",
+                str(src),
+                "-o",
+                str(out),
+                "--beam",
+                str(beam),
+                "--precision",
+                precision,
+                "--device",
+                device,
+            ],
+            cwd=ROOT,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         times.append(time.perf_counter() - start)
         if status != 0:
@@ -136,8 +165,14 @@ def translate_process(model: Path, src: Path, beam: int, repeats: int, precision
         peaks.append(usage.ru_maxrss / 2**20)  # KiB → GiB
     seconds = statistics.median(times)
     hyps = out.read_text(encoding="utf-8").splitlines()
-    return {"beam": beam, "seconds": round(seconds, 2), "sentences_per_s": round(n / seconds, 1),
-            "peak_gib": round(max(peaks), 3), "hyps": hyps, "precision": precision}
+    return {
+        "beam": beam,
+        "seconds": round(seconds, 2),
+        "sentences_per_s": round(n / seconds, 1),
+        "peak_gib": round(max(peaks), 3),
+        "hyps": hyps,
+        "precision": precision,
+    }
 
 
 def read_split(prefix: str, lang: str) -> list[str]:
@@ -148,30 +183,55 @@ def read_split(prefix: str, lang: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", default="runs/en-de", type=Path, help="a trained run (default: make train's)")
+    parser.add_argument(
+        "--run-dir", default="runs/en-de", type=Path, help="a trained run (default: make train's)"
+    )
     parser.add_argument("--out", default="results", type=Path)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda to measure a GPU (int8 is CPU-only, so skipped)")
-    parser.add_argument("--train-minutes", type=float, default=10,
-                        help="without a trained run: train the default config this long first (runs/bench-speed)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda to measure a GPU (int8 is CPU-only, so skipped)"
+    )
+    parser.add_argument(
+        "--train-minutes",
+        type=float,
+        default=10,
+        help="without a trained run: train the default config this long first (runs/bench-speed)",
+    )
     args = parser.parse_args()
 
     run_dir = args.run_dir
     if not (run_dir / "best.safetensors").is_file():
         run_dir = ROOT / "runs" / "bench-speed"
-        print(f"no model in {args.run_dir}: training configs/en-de.yaml for {args.train_minutes} minutes into {run_dir}")
-        subprocess.run([sys.executable, "-m", "nmt", "train", str(ROOT / "configs" / "en-de.yaml"),
-                        f"--train.run_dir={run_dir}", f"--train.time_budget_min={args.train_minutes}"], cwd=ROOT, check=True)
+        print(
+            f"no model in {args.run_dir}: training configs/en-de.yaml for {args.train_minutes} minutes "
+            f"into {run_dir}"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nmt",
+                "train",
+                str(ROOT / "configs" / "en-de.yaml"),
+                f"--train.run_dir={run_dir}",
+                f"--train.time_budget_min={args.train_minutes}",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
     cfg = load_config(run_dir / "config.yaml")
     test = Path(cfg.data.test[0])
     src, refs = Path("/tmp/nmt-bench-src.txt"), read_split(str(test), cfg.data.tgt_lang)
     write_lines(src, read_split(str(test), cfg.data.src_lang))
     model = run_dir / "best.safetensors"
     precisions = ("fp32", "bf16") if args.device.startswith("cuda") else ("fp32", "bf16", "int8")
-    translations = [translate_process(model, src, beam, args.repeats, precision, args.device)
-                    for precision in precisions for beam in (1, 5)]
+    translations = [
+        translate_process(model, src, beam, args.repeats, precision, args.device)
+        for precision in precisions
+        for beam in (1, 5)
+    ]
 
     import torch
 
@@ -184,17 +244,27 @@ def main() -> None:
         fp32 = next(f for f in translations if f["precision"] == "fp32" and f["beam"] == r["beam"])
         r["bleu_cost"] = round(fp32["bleu"] - r["bleu"], 2)
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-        "gemm_gflops": {"fp32": round(gemm_peak(torch.float32, device), 1), "bf16": round(gemm_peak(torch.bfloat16, device), 1)},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        "gemm_gflops": {
+            "fp32": round(gemm_peak(torch.float32, device), 1),
+            "bf16": round(gemm_peak(torch.bfloat16, device), 1),
+        },
         "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
     }
     variants = [  # (name, model config changes, training precision)
         ("default config", {}, "auto"),
         ("default config, fp32", {}, "fp32"),
         ("output layer over all pieces, fp32", {"output_vocab": "all"}, "fp32"),
-        ("Bahdanau attention + input feeding + all pieces (JoeyNMT's), fp32",
-         {"attention": "bahdanau", "input_feeding": True, "output_vocab": "all"}, "fp32"),
+        (
+            "Bahdanau attention + input feeding + all pieces (JoeyNMT's), fp32",
+            {"attention": "bahdanau", "input_feeding": True, "output_vocab": "all"},
+            "fp32",
+        ),
     ]
     result["training"] = [training_throughput(run_dir, args.steps, args.warmup, device, *v) for v in variants]
     for t in result["training"]:
@@ -206,24 +276,34 @@ def main() -> None:
     write_text(args.out / "speed.json", json.dumps(result, indent=2) + "\n")
     machine, gemm = result["machine"], result["gemm_gflops"]
     lines = [
-        f"Machine: {machine['cpu']}, {machine['threads']} torch threads, torch {machine['torch']}, device {machine['device']}. "
+        f"Machine: {machine['cpu']}, {machine['threads']} torch threads, torch {machine['torch']}, "
+        f"device {machine['device']}. "
         f"GEMM peak: fp32 {gemm['fp32']} GFLOP/s, bf16 {gemm['bf16']} GFLOP/s. Model: `{result['model']}`.",
         "",
-        "| training (benchmark architecture) | precision | output rows | target tokens/s | GFLOP/s | share of the precision's GEMM peak |",
+        "| training (benchmark architecture) | precision | output rows | target tokens/s | GFLOP/s "
+        "| share of the precision's GEMM peak |",
         "|---|---|---|---|---|---|",
     ]
     for t in result["training"]:
-        lines.append(f"| {t['name']} | {t['precision']} | {t['output_rows']:,} | {t['tokens_per_s']:.0f} | {t['gflops']} "
-                     f"| {t['fraction_of_peak']:.1%} |")
+        lines.append(
+            f"| {t['name']} | {t['precision']} | {t['output_rows']:,} | {t['tokens_per_s']:.0f} "
+            f"| {t['gflops']} | {t['fraction_of_peak']:.1%} |"
+        )
     t = result["training"][0]
-    lines += [f"\nBatch {t['batch_tokens']} target tokens ≈ {t['sentences_per_batch']} sentences (the quality runs' batch); "
-              f"{t['parameters']:,} parameters; {t['steps']} steps after warm-up.", "",
-              f"| translate {test.name}, whole process | precision | seconds | sentences/s | peak memory (GiB) | BLEU | BLEU cost |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"\nBatch {t['batch_tokens']} target tokens ≈ {t['sentences_per_batch']} sentences "
+        f"(the quality runs' batch); {t['parameters']:,} parameters; {t['steps']} steps after warm-up.",
+        "",
+        f"| translate {test.name}, whole process | precision | seconds | sentences/s | peak memory (GiB) "
+        "| BLEU | BLEU cost |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["translate"]:
         name = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
-        lines.append(f"| {name} | {r['precision']} | {r['seconds']} | {r['sentences_per_s']} | {r['peak_gib']} | {r['bleu']} "
-                     f"| {r['bleu_cost']:+.2f} |")
+        lines.append(
+            f"| {name} | {r['precision']} | {r['seconds']} | {r['sentences_per_s']} | {r['peak_gib']} "
+            f"| {r['bleu']} | {r['bleu_cost']:+.2f} |"
+        )
     lines.append(f"\nMedian of {args.repeats} processes each. BLEU cost: fp32's BLEU minus this one's.")
     write_text(args.out / "speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models and toy corpora, small enough that the whole suite runs in minutes on 2 cores."""
+"""Shared fixtures: tiny models and toy corpora, small enough that the whole suite runs in minutes on 2
+cores."""
 
 from __future__ import annotations
 
@@ -22,8 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_config(**overrides) -> ModelConfig:
     values = dict(
-        src_vocab_size=13, tgt_vocab_size=11, emb_size=8, enc_hidden=6, enc_layers=2, dec_hidden=10, dec_layers=2,
-        dropout=0.0, emb_dropout=0.0, tie_embeddings=False,
+        src_vocab_size=13,
+        tgt_vocab_size=11,
+        emb_size=8,
+        enc_hidden=6,
+        enc_layers=2,
+        dec_hidden=10,
+        dec_layers=2,
+        dropout=0.0,
+        emb_dropout=0.0,
+        tie_embeddings=False,
     )
     values.update(overrides)
     return ModelConfig(**values)
@@ -39,7 +48,8 @@ def tiny_model(seed: int = 0, pieces: list[int] | torch.Tensor | None = None, **
 
 def training_step(model: Seq2Seq, prev: torch.Tensor, state):
     """The reference for one decoding step: the teacher-forced training path (`Decoder.run`, with dropout when
-    the model is in training mode) on one token → log-probabilities (N, V_out), the next state, attention (N, S)."""
+    the model is in training mode) on one token → log-probabilities (N, V_out), the next state,
+    attention (N, S)."""
     vectors, state, weights = model.decoder.run(prev.unsqueeze(1), state)
     logits = model.decoder.logits(vectors[:, 0])
     return torch.log_softmax(logits.float(), dim=-1), state, weights[:, 0]
@@ -54,8 +64,18 @@ VARIANTS = [
 ]
 
 WORDS = {
-    "red": "rot", "blue": "blau", "green": "grün", "dog": "Hund", "cat": "Katze", "man": "Mann",
-    "woman": "Frau", "house": "Haus", "runs": "läuft", "sleeps": "schläft", "big": "groß", "small": "klein",
+    "red": "rot",
+    "blue": "blau",
+    "green": "grün",
+    "dog": "Hund",
+    "cat": "Katze",
+    "man": "Mann",
+    "woman": "Frau",
+    "house": "Haus",
+    "runs": "läuft",
+    "sleeps": "schläft",
+    "big": "groß",
+    "small": "klein",
 }
 
 
@@ -75,7 +95,8 @@ def toy_corpus(folder: Path, name: str, n: int, seed: int, src: str = "en", tgt:
 
 
 def toy_splits(folder: Path, train: int = 600, valid: int = 40, test: int | None = 30) -> dict[str, str]:
-    """Train, validation and (unless `test` is None) test splits of the toy pair, seeds 1, 2, 3: their prefixes."""
+    """Train, validation and (unless `test` is None) test splits of the toy pair, seeds 1, 2, 3: their
+    prefixes."""
     sizes = {"train": train, "valid": valid} | ({} if test is None else {"test": test})
     return {name: toy_corpus(folder, name, n, seed) for seed, (name, n) in enumerate(sizes.items(), 1)}
 
@@ -94,7 +115,9 @@ def model_file(tmp_path_factory) -> Path:
 
     proto = train_spm([" ".join(pair) for pair in WORDS.items()] * 30, 40, "unigram", 1000)
     tok = Tokenizer(proto, proto)
-    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, max_src_len=30).eval()
+    model = tiny_model(
+        src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, max_src_len=30
+    ).eval()
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, model, tok)
     return path
@@ -104,24 +127,48 @@ def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Completed
     """The real command line, as a user runs it: `python -m nmt ARGS` in `cwd`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "nmt", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "nmt", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """One tiny training run through `nmt train` (120 steps on the toy pair), shared by the end-to-end tests."""
+    """One tiny training run through `nmt train` (120 steps on the toy pair), shared by the end-to-end
+    tests."""
     work = tmp_path_factory.mktemp("e2e")
     splits = toy_splits(work / "toy")
     config = {
-        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
-                 "cache_dir": str(work / "cache")},
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [splits["test"]],
+            "vocab_size": 60,
+            "cache_dir": str(work / "cache"),
+        },
         "model": {"emb_size": 32, "enc_hidden": 32, "dec_hidden": 48, "dropout": 0.1},
-        "train": {"run_dir": str(work / "run"), "batch_tokens": 400, "lr": 0.005, "valid_every": 40, "log_every": 20,
-                  "max_steps": 120, "time_budget_min": 5},
+        "train": {
+            "run_dir": str(work / "run"),
+            "batch_tokens": 400,
+            "lr": 0.005,
+            "valid_every": 40,
+            "log_every": 20,
+            "max_steps": 120,
+            "time_budget_min": 5,
+        },
         "decode": {"beam": 3},
     }
     (work / "toy.yaml").write_text(yaml.safe_dump(config))
     result = nmt("train", "toy.yaml", "--train.seed=2", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"work": work, "run": work / "run", "model": work / "run" / "best.safetensors", "test": Path(splits["test"])}
+    return {
+        "work": work,
+        "run": work / "run",
+        "model": work / "run" / "best.safetensors",
+        "test": Path(splits["test"]),
+    }

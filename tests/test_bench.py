@@ -22,8 +22,13 @@ import bench  # noqa: E402
 def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     splits = toy_splits(tmp_path / "toy", train=200, valid=20, test=None)
     config = {
-        "data": {"train": splits["train"], "valid": splits["valid"], "test": [], "vocab_size": 60,
-                 "cache_dir": str(tmp_path / "cache")},
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [],
+            "vocab_size": 60,
+            "cache_dir": str(tmp_path / "cache"),
+        },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
         "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 200, "max_steps": 4, "valid_every": 4},
     }
@@ -32,14 +37,18 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     run = tmp_path / "run"
     assert not bench.finished(run, path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "nmt", "train", str(path)], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "nmt", "train", str(path)], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert bench.finished(run, path)  # precision `auto` was recorded resolved; still the same config
 
     # The length penalty is the one with the best validation BLEU, each scored by a real `nmt evaluate`.
     alpha, bleu = bench.choose_length_penalty(run / "best.safetensors", bench.load_config(path), tmp_path)
     assert list(bleu) == [str(a) for a in bench.LENGTH_PENALTIES]
-    assert bleu[str(alpha)] == max(bleu.values()) and all(a >= alpha for a in bench.LENGTH_PENALTIES if bleu[str(a)] == bleu[str(alpha)])
+    assert bleu[str(alpha)] == max(bleu.values()) and all(
+        a >= alpha for a in bench.LENGTH_PENALTIES if bleu[str(a)] == bleu[str(alpha)]
+    )
 
     config["decode"] = {"beam": 3, "batch_size": 7}  # decoding settings leave the trained model as it is
     path.write_text(yaml.safe_dump(config))
@@ -55,14 +64,31 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
 
 def test_table_and_plot(tmp_path):
     rows = [
-        {"direction": d, "test_set": t, "bleu": b, "chrf": 60.0, "signature": "nrefs:1|case:mixed", "minutes": 59.9,
-         "steps": 5000, "parameters": 6_273_600, "translate_sent_per_s": 80.0, "best_valid_bleu": 38.0, "length_penalty": 0.6,
-         "curve": [(5.0, 20.0), (30.0, 35.0), (59.9, 38.0)]}
-        for d, t, b in [("en-de", "test_2016_flickr", 38.1), ("en-de", "test_2017_flickr", 30.0), ("de-en", "test_2016_flickr", 41.0)]
+        {
+            "direction": d,
+            "test_set": t,
+            "bleu": b,
+            "chrf": 60.0,
+            "signature": "nrefs:1|case:mixed",
+            "minutes": 59.9,
+            "steps": 5000,
+            "parameters": 6_273_600,
+            "translate_sent_per_s": 80.0,
+            "best_valid_bleu": 38.0,
+            "length_penalty": 0.6,
+            "curve": [(5.0, 20.0), (30.0, 35.0), (59.9, 38.0)],
+        }
+        for d, t, b in [
+            ("en-de", "test_2016_flickr", 38.1),
+            ("en-de", "test_2017_flickr", 30.0),
+            ("de-en", "test_2016_flickr", 41.0),
+        ]
     ]
     bench.write_table(rows, tmp_path / "bench.md")
     lines = (tmp_path / "bench.md").read_text().splitlines()
-    assert lines[2].startswith("| en-de | test_2016_flickr | 38.10 | 60.00 | 0.6 |") and lines[4].startswith("| de-en |")
+    assert lines[2].startswith("| en-de | test_2016_flickr | 38.10 | 60.00 | 0.6 |") and lines[4].startswith(
+        "| de-en |"
+    )
     assert "`nrefs:1|case:mixed`" in lines[-2]
     bench.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
-from conftest import tiny_model
 from nmt.batch import make_batch
 from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from nmt.errors import NMTError
 from nmt.tokenizer import Tokenizer, train_spm
+
+from conftest import tiny_model
 
 LINES = ["a red dog runs", "ein roter Hund läuft", "the small cat sleeps", "die kleine Katze schläft"] * 20
 
@@ -21,7 +22,9 @@ def tok() -> Tokenizer:
 
 
 def test_model_file_rebuilds_model_and_tokenizer(tmp_path, tok):
-    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, tie_embeddings=True).eval()
+    model = tiny_model(
+        src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, tie_embeddings=True
+    ).eval()
     save_model(tmp_path / "m.safetensors", model, tok, {"step": 7})
     loaded, loaded_tok, info = load_model(tmp_path / "m.safetensors")
     assert loaded.cfg == model.cfg and info == {"step": 7}
@@ -57,7 +60,11 @@ def test_other_version_and_foreign_safetensors(tmp_path, tok):
     save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
     with pytest.raises(NMTError, match="without nmt's metadata"):
         load_model(tmp_path / "foreign.safetensors")
-    save_file({"w": torch.zeros(2)}, tmp_path / "future.safetensors", metadata={"format": "nmt-model", "version": "99"})
+    save_file(
+        {"w": torch.zeros(2)},
+        tmp_path / "future.safetensors",
+        metadata={"format": "nmt-model", "version": "99"},
+    )
     with pytest.raises(NMTError, match="model file version '99', this nmt reads versions 1 to 2"):
         load_model(tmp_path / "future.safetensors")
 
@@ -73,20 +80,26 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_version_1_files_load_as_they_were_saved(tmp_path, tok):
-    """Version 1 kept the output layer's pieces as the buffer `decoder.output_ids`: such a file still loads, with
-    that output vocabulary and the same weights."""
+    """Version 1 kept the output layer's pieces as the buffer `decoder.output_ids`: such a file still loads,
+    with that output vocabulary and the same weights."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from nmt.checkpoint import tensor_digest
 
     pieces = [0, 1, 2, 3, 5, 8, 13]
-    model = tiny_model(pieces=pieces, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size).eval()
+    model = tiny_model(
+        pieces=pieces, src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size
+    ).eval()
     save_model(tmp_path / "v2.safetensors", model, tok)
     with safe_open(str(tmp_path / "v2.safetensors"), framework="pt") as f:
         metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
     tensors["decoder.output_ids"] = tensors.pop("decoder.vocab.pieces")
-    save_file(tensors, tmp_path / "v1.safetensors", metadata={**metadata, "version": "1", "sha256": tensor_digest(tensors)})
+    save_file(
+        tensors,
+        tmp_path / "v1.safetensors",
+        metadata={**metadata, "version": "1", "sha256": tensor_digest(tensors)},
+    )
     loaded, _, _ = load_model(tmp_path / "v1.safetensors")
     assert loaded.vocab.pieces.tolist() == pieces
     for name, tensor in model.state_dict().items():

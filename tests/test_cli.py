@@ -6,12 +6,21 @@ import json
 
 import pytest
 import yaml
+
 from conftest import nmt
 
 
 def test_training_writes_a_complete_run_directory(trained):
     run = trained["run"]
-    for name in ("config.yaml", "spm.model", "metrics.jsonl", "best.safetensors", "checkpoint.pt", "train.log", "test.de.hyp"):
+    for name in (
+        "config.yaml",
+        "spm.model",
+        "metrics.jsonl",
+        "best.safetensors",
+        "checkpoint.pt",
+        "train.log",
+        "test.de.hyp",
+    ):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["type"] for r in records}
@@ -63,8 +72,17 @@ def test_output_pieces_are_the_seen_ones_made_up_to_a_multiple(tmp_path, monkeyp
 
 def test_translate_keeps_lines_order_and_empty_lines(trained):
     lines = ["red dog", "", "big house runs", "   ", "cat", "", "small green woman sleeps"]
-    result = nmt("translate", "-m", str(trained["model"]), "--beam", "2", "--batch-size", "2",
-                 cwd=trained["work"], stdin="\n".join(lines) + "\n")
+    result = nmt(
+        "translate",
+        "-m",
+        str(trained["model"]),
+        "--beam",
+        "2",
+        "--batch-size",
+        "2",
+        cwd=trained["work"],
+        stdin="\n".join(lines) + "\n",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout.split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)
@@ -72,24 +90,51 @@ def test_translate_keeps_lines_order_and_empty_lines(trained):
         assert (hyp == "") == (src.strip() == "")
     # Each line alone gives the same translation as within the batch: order is restored.
     for src, hyp in zip(lines, out):
-        alone = nmt("translate", "-m", str(trained["model"]), "--beam", "2", cwd=trained["work"], stdin=src + "\n")
+        alone = nmt(
+            "translate", "-m", str(trained["model"]), "--beam", "2", cwd=trained["work"], stdin=src + "\n"
+        )
         assert alone.stdout == hyp + "\n"
 
 
 def test_translate_files_and_no_trailing_newline(trained, tmp_path):
     (tmp_path / "in.txt").write_text("red dog\ncat runs")  # no newline at the end: still two lines
-    result = nmt("translate", "-m", str(trained["model"]), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
-                 "--beam", "1", cwd=tmp_path)
+    result = nmt(
+        "translate",
+        "-m",
+        str(trained["model"]),
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "out.txt"),
+        "--beam",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 2 and result.stdout == ""
 
 
 def test_evaluate_prints_scores_with_signature(trained, tmp_path):
     test = trained["test"]
-    result = nmt("evaluate", "-m", str(trained["model"]), "--src", f"{test}.en", "--ref", f"{test}.de",
-                 "--beam", "3", "--json", str(tmp_path / "s.json"), cwd=tmp_path)
+    result = nmt(
+        "evaluate",
+        "-m",
+        str(trained["model"]),
+        "--src",
+        f"{test}.en",
+        "--ref",
+        f"{test}.de",
+        "--beam",
+        "3",
+        "--json",
+        str(tmp_path / "s.json"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    assert "BLEU = " in result.stdout and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+    assert (
+        "BLEU = " in result.stdout
+        and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+    )
     assert "chrF2 = " in result.stdout
     scores = json.loads((tmp_path / "s.json").read_text())
     assert 0 <= scores["bleu"] <= 100 and 0 <= scores["chrf"] <= 100 and scores["beam"] == 3
@@ -105,7 +150,10 @@ def test_evaluate_prints_scores_with_signature(trained, tmp_path):
         (["translate", "-m", "MODEL", "--beam", "0"], "--beam must be at least 1"),
         (["translate", "-m", "MODEL", "--batch-size", "-4"], "--batch-size must be at least 1"),
         (["translate", "-m", "MODEL", "-i", "nope.txt"], "nope.txt: file not found"),
-        (["evaluate", "-m", "MODEL", "--src", "SRC", "--ref", "short.txt"], "has 30 lines but short.txt has 1"),
+        (
+            ["evaluate", "-m", "MODEL", "--src", "SRC", "--ref", "short.txt"],
+            "has 30 lines but short.txt has 1",
+        ),
         (["train", "nope.yaml"], "nope.yaml: config file not found"),
         (["train", "bad.yaml"], "bad.yaml: unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         (["train", "toy.yaml", "--model.attention=dot"], "model.attention: 'dot' is not one of"),
@@ -115,7 +163,9 @@ def test_user_errors_are_one_line(trained, args, message):
     work = trained["work"]
     (work / "short.txt").write_text("one line\n")
     (work / "bad.yaml").write_text("train:\n  lrr: 1\n")
-    args = [str(trained["model"]) if a == "MODEL" else f"{trained['test']}.en" if a == "SRC" else a for a in args]
+    args = [
+        str(trained["model"]) if a == "MODEL" else f"{trained['test']}.en" if a == "SRC" else a for a in args
+    ]
     result = nmt(*args, cwd=work)
     assert result.returncode != 0
     assert message in result.stderr

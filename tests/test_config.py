@@ -33,7 +33,9 @@ def test_shipped_configs_load(path):
 
 
 def test_overrides_are_typed():
-    cfg = config_from_dict({}, "x.yaml", ["--train.lr=5e-4", "--model.input_feeding=false", "--data.test=[a, b]"])
+    cfg = config_from_dict(
+        {}, "x.yaml", ["--train.lr=5e-4", "--model.input_feeding=false", "--data.test=[a, b]"]
+    )
     assert cfg.train.lr == 5e-4 and cfg.model.input_feeding is False and cfg.data.test == ["a", "b"]
     assert config_from_dict({"train": {"lr": 1}}, "x").train.lr == 1.0  # an int is a fine float
 

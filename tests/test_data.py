@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import toy_corpus
 from nmt import data, multi30k
 from nmt.config import DataConfig
 from nmt.errors import NMTError
 from nmt.tokenizer import Tokenizer, train_spm
+
+from conftest import toy_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 needs_mirror = pytest.mark.skipif(not SHARED.is_dir(), reason="no Multi30k mirror beside the checkout")
@@ -102,14 +103,20 @@ def test_hub_form_dataset_from_local_parquet(tmp_path, tokenizer):
     en, de = Path(f"{prefix}.en").read_text().splitlines(), Path(f"{prefix}.de").read_text().splitlines()
     folder = tmp_path / "hub"
     folder.mkdir()
-    pq.write_table(pa.table({"translation": [{"de": d, "en": e} for e, d in zip(en, de)]}), folder / "train.parquet")
+    pq.write_table(
+        pa.table({"translation": [{"de": d, "en": e} for e, d in zip(en, de)]}), folder / "train.parquet"
+    )
     cfg = DataConfig(dataset=str(folder), cache_dir=str(tmp_path / "cache"))
     hub = data.encode(cfg, data.load_text(cfg, "train"), tokenizer, clean=True, name="hub")
-    files = data.encode(cfg, data.load_parallel_files(prefix, "en", "de", cfg.cache_dir), tokenizer, clean=True, name="files")
+    files = data.encode(
+        cfg, data.load_parallel_files(prefix, "en", "de", cfg.cache_dir), tokenizer, clean=True, name="files"
+    )
     assert hub["src_ids"][:] == files["src_ids"][:] and hub["tgt_ids"][:] == files["tgt_ids"][:]
 
     pq.write_table(pa.table({"english": en, "german": de}), folder / "train.parquet")
-    columns = DataConfig(dataset=str(folder), src_column="english", tgt_column="german", cache_dir=cfg.cache_dir)
+    columns = DataConfig(
+        dataset=str(folder), src_column="english", tgt_column="german", cache_dir=cfg.cache_dir
+    )
     assert data.load_text(columns, "train")["src"][:] == en
     with pytest.raises(NMTError, match="no 'translation' column"):
         data.load_text(cfg, "train")
@@ -132,7 +139,9 @@ def test_cleaning_drops_and_counts_and_cache_skips_encoding(tmp_path, tokenizer,
     assert "from cache" in caplog.text and again["src_ids"][:] == ds["src_ids"][:]
     (folder / "t.en").write_text("\n\n\n\n\n")
     with pytest.raises(NMTError, match="no pair left after cleaning"):
-        data.encode(cfg, data.load_parallel_files(str(folder / "t"), "en", "de", cfg.cache_dir), tokenizer, True, "t")
+        data.encode(
+            cfg, data.load_parallel_files(str(folder / "t"), "en", "de", cfg.cache_dir), tokenizer, True, "t"
+        )
 
 
 def test_token_batches_cover_every_sentence_within_budget():

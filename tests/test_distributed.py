@@ -28,33 +28,93 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("ddp")
     splits = toy_splits(work / "toy", train=400, valid=30, test=20)
     config = {
-        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]], "vocab_size": 60,
-                 "cache_dir": str(work / "cache")},
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [splits["test"]],
+            "vocab_size": 60,
+            "cache_dir": str(work / "cache"),
+        },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 24, "dropout": 0.0, "emb_dropout": 0.0},
         # fp32: the comparison is about how the batch is split, not about bf16 rounding.
-        "train": {"batch_tokens": 150, "lr": 0.005, "valid_every": 4, "log_every": 1, "max_steps": STEPS,
-                  "time_budget_min": 5, "precision": "fp32", "threads": 1},
+        "train": {
+            "batch_tokens": 150,
+            "lr": 0.005,
+            "valid_every": 4,
+            "log_every": 1,
+            "max_steps": STEPS,
+            "time_budget_min": 5,
+            "precision": "fp32",
+            "threads": 1,
+        },
         "decode": {"beam": 2},
     }
     (work / "toy.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # One process first: it trains SentencePiece and fills the cache, so both runs read the same ones.
-    single = subprocess.run([sys.executable, "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'single'}",
-                             "--train.accumulate=2"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmt",
+            "train",
+            "toy.yaml",
+            f"--train.run_dir={work / 'single'}",
+            "--train.accumulate=2",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     (work / "ddp").mkdir()
     (work / "ddp" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'ddp'}"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nmt",
+            "train",
+            "toy.yaml",
+            f"--train.run_dir={work / 'ddp'}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # The same distributed run stopped half-way, then resumed from its checkpoint.
     (work / "resumed").mkdir()
     (work / "resumed" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
     for extra in ([f"--train.max_steps={STEPS // 2}"], ["--resume"]):
-        part = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "-m", "nmt", "train", "toy.yaml", f"--train.run_dir={work / 'resumed'}", *extra],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        part = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "nmt",
+                "train",
+                "toy.yaml",
+                f"--train.run_dir={work / 'resumed'}",
+                *extra,
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert part.returncode == 0, part.stderr[-3000:]
     return {"single": work / "single", "ddp": work / "ddp", "resumed": work / "resumed"}
 
@@ -84,6 +144,8 @@ def test_only_rank_zero_writes_the_run_directory(runs):
 
 def test_a_distributed_run_resumes_where_it_stopped(runs):
     whole, resumed = records(runs["ddp"], "train"), records(runs["resumed"], "train")
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))  # each step once: none lost, none repeated
+    assert [r["step"] for r in resumed] == list(
+        range(1, STEPS + 1)
+    )  # each step once: none lost, none repeated
     for a, b in zip(whole, resumed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)

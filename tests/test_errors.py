@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(*args: str, cwd: Path | None = None, quiet: bool = True) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "nmt", *(["-q"] if quiet else []), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nmt", *(["-q"] if quiet else []), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     return proc.returncode, proc.stderr
 
 
@@ -43,13 +50,22 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
 @pytest.fixture
 def corpus(tmp_path) -> dict[str, Path]:
     folder = tmp_path / "c"
-    return {"train": Path(toy_corpus(folder, "train", 50, 1)), "valid": Path(toy_corpus(folder, "valid", 10, 2))}
+    return {
+        "train": Path(toy_corpus(folder, "train", 50, 1)),
+        "valid": Path(toy_corpus(folder, "valid", 10, 2)),
+    }
 
 
 def config_file(tmp_path: Path, corpus, **data) -> Path:
     doc = {
-        "data": {"train": str(corpus["train"]), "valid": str(corpus["valid"]), "test": [], "vocab_size": 40,
-                 "cache_dir": str(tmp_path / "cache"), **data},
+        "data": {
+            "train": str(corpus["train"]),
+            "valid": str(corpus["valid"]),
+            "test": [],
+            "vocab_size": 40,
+            "cache_dir": str(tmp_path / "cache"),
+            **data,
+        },
         "model": {"emb_size": 8, "enc_hidden": 8, "dec_hidden": 8},
         "train": {"run_dir": str(tmp_path / "run"), "max_steps": 2, "valid_every": 2},
     }
@@ -151,7 +167,10 @@ def bad_models(tmp_path, model_file) -> dict[str, Path]:
     meta_bytes = json.dumps(meta).encode()
     other_version = len(meta_bytes).to_bytes(8, "little") + meta_bytes + good[header:]
     files = {
-        "truncated": good[: len(good) // 2], "flipped": bytes(flipped), "text": b"hello\n", "empty": b"",
+        "truncated": good[: len(good) // 2],
+        "flipped": bytes(flipped),
+        "text": b"hello\n",
+        "empty": b"",
         "version": other_version,
     }
     for name, content in files.items():
@@ -172,8 +191,15 @@ def bad_models(tmp_path, model_file) -> dict[str, Path]:
 def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, name, fragment):
     (tmp_path / "in.txt").write_text("red dog\n")
     (tmp_path / "out.txt").write_text("yesterday's translations\n")
-    status, err = run("translate", "-m", str(bad_models[name]), "-i", str(tmp_path / "in.txt"),
-                      "-o", str(tmp_path / "out.txt"))
+    status, err = run(
+        "translate",
+        "-m",
+        str(bad_models[name]),
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "out.txt"),
+    )
     assert_one_line_error(status, err, f"{name}.safetensors: {fragment}")
     assert (tmp_path / "out.txt").read_text() == "yesterday's translations\n"
 
@@ -190,7 +216,10 @@ def test_translate_bad_model_file_keeps_existing_output(tmp_path, bad_models, na
         (["-i", "missing.txt"], "missing.txt: file not found"),
         (["-i", "."], ".: is a folder, not a file"),
         (["-i", "latin1.txt"], "latin1.txt:2: not UTF-8"),
-        (["-i", "in.txt", "-o", "no/such/folder/out.txt"], "no/such/folder/out.txt: its folder does not exist"),
+        (
+            ["-i", "in.txt", "-o", "no/such/folder/out.txt"],
+            "no/such/folder/out.txt: its folder does not exist",
+        ),
         (["-i", "in.txt", "--device", "cuda:7"], "device 'cuda:7'"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],
@@ -204,8 +233,18 @@ def test_translate_bad_arguments(tmp_path, model_file, args, fragment):
 
 def test_translate_truncates_long_lines_with_a_warning(tmp_path, model_file):
     (tmp_path / "in.txt").write_text("red dog\n" + "big red dog " * 100 + "\ncat\n")
-    status, err = run("translate", "-m", str(model_file), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"),
-                      "--beam", "1", quiet=False)
+    status, err = run(
+        "translate",
+        "-m",
+        str(model_file),
+        "-i",
+        str(tmp_path / "in.txt"),
+        "-o",
+        str(tmp_path / "out.txt"),
+        "--beam",
+        "1",
+        quiet=False,
+    )
     assert status == 0, err
     assert "line 2:" in err and "truncated to the model's 29" in err
     assert len((tmp_path / "out.txt").read_text().split("\n")) == 4  # three lines and the final newline
@@ -214,9 +253,25 @@ def test_translate_truncates_long_lines_with_a_warning(tmp_path, model_file):
 def test_evaluate_mismatched_and_missing_files(tmp_path, model_file):
     (tmp_path / "src.txt").write_text("a\nb\nc\n")
     (tmp_path / "ref.txt").write_text("a\nb\n")
-    status, err = run("evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "ref.txt"))
+    status, err = run(
+        "evaluate",
+        "-m",
+        str(model_file),
+        "--src",
+        str(tmp_path / "src.txt"),
+        "--ref",
+        str(tmp_path / "ref.txt"),
+    )
     assert_one_line_error(status, err, "src.txt has 3 lines but", "ref.txt has 2")
-    status, err = run("evaluate", "-m", str(model_file), "--src", str(tmp_path / "src.txt"), "--ref", str(tmp_path / "none.txt"))
+    status, err = run(
+        "evaluate",
+        "-m",
+        str(model_file),
+        "--src",
+        str(tmp_path / "src.txt"),
+        "--ref",
+        str(tmp_path / "none.txt"),
+    )
     assert_one_line_error(status, err, "none.txt: file not found")
 
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import VARIANTS, nmt, tiny_model
 
 from nmt.alignment import attention_weights, hard_alignment, heatmap_names, word_index
 from nmt.batch import make_batch
 from nmt.plot import curves_figure
+
+from conftest import VARIANTS, nmt, tiny_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,14 +47,31 @@ def test_training_writes_curves_and_plot_overlays_two_runs(trained, tmp_path):
 def test_plot_of_a_folder_without_metrics_is_a_one_line_error(tmp_path):
     result = nmt("plot", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"nmt: error: {tmp_path}: no metrics.jsonl (not a run directory of `nmt train`?)"
+    assert (
+        result.stderr.strip()
+        == f"nmt: error: {tmp_path}: no metrics.jsonl (not a run directory of `nmt train`?)"
+    )
 
 
 def test_translate_writes_a_heatmap_and_an_alignment_line_per_input_line(trained, tmp_path):
     lines = ["red dog", "", "big house runs", "small green woman sleeps", "   "]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-    result = nmt("translate", "-m", str(trained["model"]), "-i", "in.txt", "-o", "out.txt", "--beam", "3",
-                 "--attention", "maps", "--alignments", "align.txt", cwd=tmp_path)
+    result = nmt(
+        "translate",
+        "-m",
+        str(trained["model"]),
+        "-i",
+        "in.txt",
+        "-o",
+        "out.txt",
+        "--beam",
+        "3",
+        "--attention",
+        "maps",
+        "--alignments",
+        "align.txt",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = (tmp_path / "out.txt").read_text().splitlines()
     maps = sorted(p.name for p in (tmp_path / "maps").iterdir())
@@ -70,13 +88,17 @@ def test_translate_writes_a_heatmap_and_an_alignment_line_per_input_line(trained
         assert all(0 <= i < len(src.split()) and 0 <= j < len(hyp.split()) for i, j in links)
         assert {j for _, j in links} == set(range(len(hyp.split())))  # every output word is aligned
     # The translations are those of a plain translate.
-    plain = nmt("translate", "-m", str(trained["model"]), "--beam", "3", cwd=tmp_path, stdin="\n".join(lines) + "\n")
+    plain = nmt(
+        "translate", "-m", str(trained["model"]), "--beam", "3", cwd=tmp_path, stdin="\n".join(lines) + "\n"
+    )
     assert plain.stdout.splitlines() == out
 
 
 def test_attention_output_folder_that_is_a_file_is_a_one_line_error(trained, tmp_path):
     (tmp_path / "maps").write_text("not a folder")
-    result = nmt("translate", "-m", str(trained["model"]), "--attention", "maps", cwd=tmp_path, stdin="red dog\n")
+    result = nmt(
+        "translate", "-m", str(trained["model"]), "--attention", "maps", cwd=tmp_path, stdin="red dog\n"
+    )
     assert result.returncode == 1 and result.stderr.strip() == "nmt: error: maps: exists and is not a folder"
 
 
@@ -89,7 +111,9 @@ def test_attention_weights_are_the_teacher_forced_ones(variant):
     weights = attention_weights(model, src, hyp, batch_size=2)
     batch = make_batch(src, hyp)
     with torch.inference_mode():
-        _, _, forced = model.decoder.run(batch.tgt_in, model.encode(batch.src, batch.src_lens))  # (B, T + 1, S + 1)
+        _, _, forced = model.decoder.run(
+            batch.tgt_in, model.encode(batch.src, batch.src_lens)
+        )  # (B, T + 1, S + 1)
     for i, w in enumerate(weights):
         assert w.shape == (len(hyp[i]) + 1, len(src[i]) + 1)
         assert torch.allclose(w.sum(dim=1), torch.ones(len(hyp[i]) + 1), atol=1e-5)
@@ -102,7 +126,9 @@ def test_hard_alignment_lifts_pieces_to_words():
     tgt = ["\u2581Ein", "\u2581Boston", "er", "\u2581Hund", "."]  # words: Ein Bostoner Hund.
     assert word_index(src) == [0, 1, 1, 2, 2]
     weights = torch.zeros(len(tgt) + 1, len(src) + 1)
-    for t, s in enumerate([0, 2, 1, 3, 5]):  # the last target piece looks at the source EOS, which never aligns
+    for t, s in enumerate(
+        [0, 2, 1, 3, 5]
+    ):  # the last target piece looks at the source EOS, which never aligns
         weights[t, s] = 1.0
     weights[4, 4] = 0.5
     assert hard_alignment(weights, src, tgt) == "0-0 1-1 2-2"
@@ -112,4 +138,3 @@ def test_hard_alignment_lifts_pieces_to_words():
 def test_heatmap_names_sort_in_line_order():
     names = heatmap_names(12000)
     assert names[0] == "00001.png" and names == sorted(names)
-

@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_model
 from nmt.batch import make_batch, source_tensors
 from nmt.loss import token_loss_sum
 from nmt.search import beam_search, greedy
+
+from conftest import tiny_model
 
 SYMBOLS = list(range(4, 12))
 
@@ -22,8 +23,16 @@ def sequences(rng: random.Random, n: int) -> list[list[int]]:
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_learns_to_reverse_exactly(input_feeding):
     model = tiny_model(
-        seed=0, src_vocab_size=12, tgt_vocab_size=12, emb_size=32, enc_hidden=48, enc_layers=1,
-        dec_hidden=64, dec_layers=1, attention="luong", input_feeding=input_feeding,
+        seed=0,
+        src_vocab_size=12,
+        tgt_vocab_size=12,
+        emb_size=32,
+        enc_hidden=48,
+        enc_layers=1,
+        dec_hidden=64,
+        dec_layers=1,
+        attention="luong",
+        input_feeding=input_feeding,
     )
     rng = random.Random(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)

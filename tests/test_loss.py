@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import VARIANTS, tiny_model
 from nmt.batch import Batch, make_batch
 from nmt.tokenizer import PAD
+
+from conftest import VARIANTS, tiny_model
 
 # Of different lengths, the longest neither first nor last, so the batch both pads and reorders for packing.
 SRC = [[4, 5, 6], [9, 10, 11, 12, 4, 7, 8], [11], [6, 7, 8, 9]]
@@ -21,12 +22,16 @@ OUTPUT_IDS = [0, 1, 2, 3, 4, 5, 6, 7, 9]
 
 def padded_more(batch: Batch, src_extra: int, tgt_extra: int) -> Batch:
     """The same sentences with more PAD columns after the source and after the target; lengths unchanged."""
+
     def grow(t: torch.Tensor, extra: int) -> torch.Tensor:
         return torch.cat([t, torch.full((t.size(0), extra), PAD, dtype=t.dtype)], dim=1)
 
     return Batch(
-        grow(batch.src, src_extra), batch.src_lens,
-        grow(batch.tgt_in, tgt_extra), grow(batch.tgt_out, tgt_extra), batch.n_tokens,
+        grow(batch.src, src_extra),
+        batch.src_lens,
+        grow(batch.tgt_in, tgt_extra),
+        grow(batch.tgt_out, tgt_extra),
+        batch.n_tokens,
     )
 
 
@@ -45,12 +50,15 @@ def assert_same(expected, got, what: str) -> None:
     assert grads_got.keys() == grads.keys(), what
     for name, grad in grads.items():
         assert torch.allclose(grads_got[name], grad, rtol=1e-4, atol=1e-6), (
-            what, name, (grads_got[name] - grad).abs().max().item(),
+            what,
+            name,
+            (grads_got[name] - grad).abs().max().item(),
         )
 
 
 @pytest.mark.parametrize(
-    "label_smoothing, output_ids", [(0.0, None), (0.1, None), (0.1, OUTPUT_IDS)],
+    "label_smoothing, output_ids",
+    [(0.0, None), (0.1, None), (0.1, OUTPUT_IDS)],
     ids=["ls0-all-pieces", "ls0.1-all-pieces", "ls0.1-some-pieces"],
 )
 @pytest.mark.parametrize("variant", VARIANTS, ids=[f"variant{i}" for i in range(len(VARIANTS))])

@@ -1,16 +1,18 @@
-"""Model invariants: shapes, padding changes nothing, a packed batch encodes each sentence as it would alone."""
+"""Model invariants: shapes, padding changes nothing, a packed batch encodes each sentence as it would
+alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import VARIANTS, tiny_model, training_step
 from nmt.batch import Batch, make_batch, pad
 from nmt.errors import NMTError
-from nmt.model import Seq2Seq
 from nmt.loss import token_loss_sum
+from nmt.model import Seq2Seq
 from nmt.tokenizer import EOS, PAD
+
+from conftest import VARIANTS, tiny_model, training_step
 
 SRC = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 4]]
 TGT = [[5, 6], [7, 8, 9, 10, 4], [6]]
@@ -18,7 +20,10 @@ TGT = [[5, 6], [7, 8, 9, 10, 4], [6]]
 
 def padded_more(batch: Batch, extra: int) -> Batch:
     """The same batch with `extra` more PAD columns on source and target."""
-    grow = lambda t: torch.cat([t, torch.full((t.size(0), extra), PAD, dtype=t.dtype)], dim=1)
+
+    def grow(t):
+        return torch.cat([t, torch.full((t.size(0), extra), PAD, dtype=t.dtype)], dim=1)
+
     return Batch(grow(batch.src), batch.src_lens, grow(batch.tgt_in), grow(batch.tgt_out), batch.n_tokens)
 
 
@@ -67,7 +72,9 @@ def test_padding_changes_neither_loss_nor_gradients(variant, label_smoothing):
 def test_batch_loss_is_the_sum_of_sentence_losses(variant):
     model = tiny_model(**variant)
     together = token_loss_sum(model.logits(make_batch(SRC, TGT)), make_batch(SRC, TGT).tgt_out)
-    alone = sum(token_loss_sum(model.logits(b), b.tgt_out) for b in (make_batch([s], [t]) for s, t in zip(SRC, TGT)))
+    alone = sum(
+        token_loss_sum(model.logits(b), b.tgt_out) for b in (make_batch([s], [t]) for s, t in zip(SRC, TGT))
+    )
     torch.testing.assert_close(together, alone)
 
 
@@ -140,9 +147,12 @@ def test_hypotheses_sharing_a_memory_step_as_with_their_own_copy(variant, traini
         shared = step(prev, state.select(rows))
         copied = step(prev, state.select(rows, rows))
         assert shared[1].memory.size(0) == 3 and copied[1].memory.size(0) == 12
-        for a, b in zip((shared[0], shared[1].h, shared[1].c, shared[1].feed, shared[2]),
-                        (copied[0], copied[1].h, copied[1].c, copied[1].feed, copied[2])):
+        for a, b in zip(
+            (shared[0], shared[1].h, shared[1].c, shared[1].feed, shared[2]),
+            (copied[0], copied[1].h, copied[1].c, copied[1].feed, copied[2]),
+        ):
             torch.testing.assert_close(a, b)
+
 
 def test_decoding_follows_weight_updates():
     """The decoder's step layout is rebuilt when training changes a weight in place."""
@@ -209,12 +219,15 @@ def test_chunked_loss_equals_the_loss_of_the_whole_logits(variant):
                 torch.testing.assert_close(p.grad, grads[name], msg=name)
 
 
-SEEN = torch.tensor([0, 1, 2, 3, 4, 6, 7, 9])  # the pieces an output layer of "seen" pieces keeps (5, 8, 10 out)
+SEEN = torch.tensor(
+    [0, 1, 2, 3, 4, 6, 7, 9]
+)  # the pieces an output layer of "seen" pieces keeps (5, 8, 10 out)
 
 
 def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
-    """A model whose output layer covers `seen` only, and a full-vocabulary model with the same weights whose output
-    bias is -inf on the other pieces: the second's probabilities are the first's, spread over all columns."""
+    """A model whose output layer covers `seen` only, and a full-vocabulary model with the same weights whose
+    output bias is -inf on the other pieces: the second's probabilities are the first's, spread over all
+    columns."""
     restricted = tiny_model(pieces=seen, **variant)
     full = tiny_model(**variant)
     state = restricted.state_dict()
@@ -223,7 +236,9 @@ def restricted_and_masked(variant: dict, seen: torch.Tensor = SEEN):
     bias = torch.full((full.cfg.tgt_vocab_size,), float("-inf"))
     bias[seen] = state[name]
     state[name] = bias
-    if not restricted.cfg.tie_embeddings:  # untied: the full layer's rows of `seen` are the restricted layer's
+    if (
+        not restricted.cfg.tie_embeddings
+    ):  # untied: the full layer's rows of `seen` are the restricted layer's
         weight = torch.zeros(full.cfg.tgt_vocab_size, restricted.cfg.dec_hidden)
         weight[seen] = state["decoder.output.weight"]
         state["decoder.output.weight"] = weight

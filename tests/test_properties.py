@@ -14,9 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nmt.checkpoint import load_model
 from nmt.cli import main
-from nmt.config import Config, DecodeConfig, load_config, save_config
+from nmt.config import Config, load_config, save_config
 from nmt.errors import NMTError
 from nmt.translate import Translator
 
@@ -24,8 +23,20 @@ from nmt.translate import Translator
 # scripts, combining marks, emoji, lone carriage returns, whitespace-only lines, very long lines.
 line = st.one_of(
     st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=40),
-    st.sampled_from(["", " ", "\t \t", "\r", "\x00\x01\x1b", "\u200f\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
-                     "\u2028\u2029\x85", "ÿÿÿ ☃ 𝄞 👩‍👩‍👧", "red dog " * 200, "\ufeffcat"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\t \t",
+            "\r",
+            "\x00\x01\x1b",
+            "\u200f\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
+            "\u2028\u2029\x85",
+            "ÿÿÿ ☃ 𝄞 👩‍👩‍👧",
+            "red dog " * 200,
+            "\ufeffcat",
+        ]
+    ),
 )
 
 
@@ -39,8 +50,26 @@ def loaded(model_file):
 def test_translate_gives_one_line_per_input_line(model_file, loaded, tmp_path, lines, beam):
     src, out = tmp_path / "in.txt", tmp_path / "out.txt"
     src.write_bytes("".join(x + "\n" for x in lines).encode("utf-8"))
-    status = main(["-q", "translate", "-m", str(model_file), "-i", str(src), "-o", str(out), "--beam", str(beam),
-                   "--batch-size", "4", "--max-len-offset", "3", "--max-len-ratio", "0.5"])
+    status = main(
+        [
+            "-q",
+            "translate",
+            "-m",
+            str(model_file),
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--beam",
+            str(beam),
+            "--batch-size",
+            "4",
+            "--max-len-offset",
+            "3",
+            "--max-len-ratio",
+            "0.5",
+        ]
+    )
     assert status == 0
     translated = out.read_bytes().decode("utf-8").split("\n")
     assert translated[-1] == "" and len(translated) - 1 == len(lines)
@@ -54,13 +83,23 @@ def test_translate_gives_one_line_per_input_line(model_file, loaded, tmp_path, l
 
 
 config_value = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=10),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
     st.lists(st.text(max_size=5), max_size=3),
 )
 known_keys = [key for section in Config().to_dict().values() for key in section]
-section = st.dictionaries(st.one_of(st.sampled_from(known_keys), st.text(max_size=8)), config_value, max_size=4)
+section = st.dictionaries(
+    st.one_of(st.sampled_from(known_keys), st.text(max_size=8)), config_value, max_size=4
+)
 document = st.one_of(
-    st.dictionaries(st.sampled_from(["data", "model", "train", "decode", "dta"]), st.one_of(section, config_value), max_size=4),
+    st.dictionaries(
+        st.sampled_from(["data", "model", "train", "decode", "dta"]),
+        st.one_of(section, config_value),
+        max_size=4,
+    ),
     config_value,
 )
 
@@ -129,24 +168,41 @@ def _assert_config_invariants(cfg: Config) -> None:
     """What `nmt.config._validate` promises of every config it lets through, restated."""
     d, m, t, dec = cfg.data, cfg.model, cfg.train, cfg.decode
     at_least_one = {
-        "data.max_len": d.max_len, "data.spm_sentences": d.spm_sentences, "data.num_proc": d.num_proc,
-        "model.emb_size": m.emb_size, "model.enc_hidden": m.enc_hidden, "model.dec_hidden": m.dec_hidden,
-        "model.enc_layers": m.enc_layers, "model.dec_layers": m.dec_layers,
+        "data.max_len": d.max_len,
+        "data.spm_sentences": d.spm_sentences,
+        "data.num_proc": d.num_proc,
+        "model.emb_size": m.emb_size,
+        "model.enc_hidden": m.enc_hidden,
+        "model.dec_hidden": m.dec_hidden,
+        "model.enc_layers": m.enc_layers,
+        "model.dec_layers": m.dec_layers,
         "model.max_src_len": m.max_src_len,
-        "train.batch_tokens": t.batch_tokens, "train.accumulate": t.accumulate,
-        "train.plateau_patience": t.plateau_patience, "train.valid_every": t.valid_every,
-        "train.valid_beam": t.valid_beam, "train.log_every": t.log_every, "decode.beam": dec.beam,
+        "train.batch_tokens": t.batch_tokens,
+        "train.accumulate": t.accumulate,
+        "train.plateau_patience": t.plateau_patience,
+        "train.valid_every": t.valid_every,
+        "train.valid_beam": t.valid_beam,
+        "train.log_every": t.log_every,
+        "decode.beam": dec.beam,
         "decode.max_len_offset": dec.max_len_offset,
     }
     not_negative = {
-        "train.warmup_steps": t.warmup_steps, "train.min_lr": t.min_lr, "train.clip_norm": t.clip_norm,
-        "train.max_steps": t.max_steps, "train.max_epochs": t.max_epochs,
+        "train.warmup_steps": t.warmup_steps,
+        "train.min_lr": t.min_lr,
+        "train.clip_norm": t.clip_norm,
+        "train.max_steps": t.max_steps,
+        "train.max_epochs": t.max_epochs,
         "train.time_budget_min": t.time_budget_min,
-        "train.patience": t.patience, "train.keep_last": t.keep_last, "train.threads": t.threads,
-        "decode.length_penalty": dec.length_penalty, "decode.batch_size": dec.batch_size,  # 0: by beam size
+        "train.patience": t.patience,
+        "train.keep_last": t.keep_last,
+        "train.threads": t.threads,
+        "decode.length_penalty": dec.length_penalty,
+        "decode.batch_size": dec.batch_size,  # 0: by beam size
     }
     in_unit = {
-        "model.dropout": m.dropout, "model.emb_dropout": m.emb_dropout, "train.label_smoothing": t.label_smoothing,
+        "model.dropout": m.dropout,
+        "model.emb_dropout": m.emb_dropout,
+        "train.label_smoothing": t.label_smoothing,
     }
     for key, value in at_least_one.items():
         assert value >= 1, (key, value)

@@ -24,11 +24,25 @@ STEPS = 300
 def write_config(work: Path, name: str) -> Path:
     folder = work / "toy"
     config = {
-        "data": {"train": toy_corpus(folder, "train", 400, 1), "valid": toy_corpus(folder, "valid", 20, 2), "test": [],
-                 "vocab_size": 50, "cache_dir": str(work / "cache")},
+        "data": {
+            "train": toy_corpus(folder, "train", 400, 1),
+            "valid": toy_corpus(folder, "valid", 20, 2),
+            "test": [],
+            "vocab_size": 50,
+            "cache_dir": str(work / "cache"),
+        },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16, "dropout": 0.2},
-        "train": {"run_dir": str(work / name), "batch_tokens": 200, "valid_every": 50, "log_every": 5, "max_steps": STEPS,
-                  "time_budget_min": 0, "threads": 1, "lr_decay": "plateau", "plateau_patience": 1},
+        "train": {
+            "run_dir": str(work / name),
+            "batch_tokens": 200,
+            "valid_every": 50,
+            "log_every": 5,
+            "max_steps": STEPS,
+            "time_budget_min": 0,
+            "threads": 1,
+            "lr_decay": "plateau",
+            "plateau_patience": 1,
+        },
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -37,8 +51,13 @@ def write_config(work: Path, name: str) -> Path:
 
 def start(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "nmt", "train", str(config), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmt", "train", str(config), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +73,9 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         path = run / "metrics.jsonl"
         if path.is_file():
-            steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
+            steps = [
+                json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()
+            ]
             if steps and max(steps) >= step:
                 return
         time.sleep(0.02)
@@ -99,7 +120,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, 
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "checkpoint saved" in err
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert 130 <= state["progress"]["step"] < STEPS  # saved where it stopped (the last validation was step 100)
+    assert (
+        130 <= state["progress"]["step"] < STEPS
+    )  # saved where it stopped (the last validation was step 100)
     resumed = start(config, "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]

@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 
-from conftest import VARIANTS, tiny_model
 from nmt.batch import source_tensors
 from nmt.config import DecodeConfig
 from nmt.search import beam_search, decode, greedy, length_penalty, top_k
 from nmt.tokenizer import BOS, EOS, PAD, UNK
 from nmt.translate import translate_ids
 from nmt.vocab import OutputVocab
+
+from conftest import VARIANTS, tiny_model
 
 SOURCES = [[4, 5, 6, 7, 8, 9], [10], [11, 12, 4], [5, 5, 5, 6]]
 
@@ -52,12 +53,17 @@ def test_wide_beam_finds_the_exhaustive_optimum(alpha):
     max_len, words = 3, [UNK, 4]
     prefixes = sum(len(words) ** n for n in range(1, max_len + 1))  # 2 + 4 + 8 = 14 possible prefixes
     src, lens = source_tensors(SOURCES)
-    beams = beam_search(model, src, lens, beam=prefixes, alpha=alpha, max_len_ratio=1e-6, max_len_offset=max_len, n_best=3)
+    beams = beam_search(
+        model, src, lens, beam=prefixes, alpha=alpha, max_len_ratio=1e-6, max_len_offset=max_len, n_best=3
+    )
     with torch.no_grad():
         for source, hyps in zip(SOURCES, beams):
             candidates = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
             scored = sorted(
-                ((sequence_score(model, source, seq, max_len) / length_penalty(len(seq) + 1, alpha), seq) for seq in candidates),
+                (
+                    (sequence_score(model, source, seq, max_len) / length_penalty(len(seq) + 1, alpha), seq)
+                    for seq in candidates
+                ),
                 reverse=True,
             )
             for hyp, (score, seq) in zip(hyps, scored[:3]):
@@ -99,7 +105,9 @@ def test_hand_worked_beam(alpha):
     # Step 2: A·EOS .30, B·A .24, A·B .15, B·EOS .12, ...: A·EOS finishes (rank 1); B·A and A·B live on.
     # Step 3: B·A·EOS .144, A·B·A .09, B·A·B .072, ...: B·A·EOS finishes; two finished = beam size: done.
     src, lens = source_tensors([[4, 4, 4, 4, 4, 4, 4]])
-    (hyps,) = beam_search(Bigram(), src, lens, beam=2, alpha=alpha, max_len_ratio=1.0, max_len_offset=3, n_best=2)
+    (hyps,) = beam_search(
+        Bigram(), src, lens, beam=2, alpha=alpha, max_len_ratio=1.0, max_len_offset=3, n_best=2
+    )
     A, B = Bigram.A, Bigram.B
     assert [h.tokens for h in hyps] == [[A], [B, A]]
     assert hyps[0].score == pytest.approx(math.log(0.30) / ((5 + 2) / 6) ** alpha)
@@ -109,7 +117,8 @@ def test_hand_worked_beam(alpha):
 
 
 def test_length_limit_forces_eos():
-    # EOS is all but impossible, so greedy (and beam 1) would never stop: the limit ratio*len + offset ends it.
+    # EOS is all but impossible, so greedy (and beam 1) would never stop: the limit ratio*len + offset ends
+    # it.
     bigram = Bigram()
     bigram.logp[[BOS, Bigram.A, Bigram.B], EOS] = -50.0
     src, lens = source_tensors([[4, 4]])  # 3 with EOS → at most 1.0 * 3 + 2 = 5 tokens
@@ -127,31 +136,40 @@ def test_batched_beam_equals_sentence_by_sentence(variant):
     together = beam_search(model, src, lens, beam=4, alpha=1.0, max_len_ratio=1.5, max_len_offset=4, n_best=2)
     for source, hyps in zip(SOURCES, together):
         alone_src, alone_lens = source_tensors([source])
-        (alone,) = beam_search(model, alone_src, alone_lens, beam=4, alpha=1.0, max_len_ratio=1.5, max_len_offset=4, n_best=2)
+        (alone,) = beam_search(
+            model, alone_src, alone_lens, beam=4, alpha=1.0, max_len_ratio=1.5, max_len_offset=4, n_best=2
+        )
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
 
 
 @pytest.mark.parametrize("beam, precision", [(1, "fp32"), (3, "int8")])
 def test_batches_side_by_side_equal_one_at_a_time(beam, precision):
-    # translate_ids decodes batches on the CPU's threads side by side: the same output as one batch after another,
-    # in input order, and torch's thread count is back as it was.
+    # translate_ids decodes batches on the CPU's threads side by side: the same output as one batch after
+    # another, in input order, and torch's thread count is back as it was.
     model = tiny_model(seed=11).eval().set_precision(precision)
     generator = torch.Generator().manual_seed(0)
-    src_ids = [torch.randint(4, 13, (int(n),), generator=generator).tolist() for n in torch.randint(0, 9, (40,), generator=generator)]
+    src_ids = [
+        torch.randint(4, 13, (int(n),), generator=generator).tolist()
+        for n in torch.randint(0, 9, (40,), generator=generator)
+    ]
     opts = DecodeConfig(beam=beam, batch_size=3, max_len_offset=4)
     torch.set_num_threads(1)
     one_at_a_time = translate_ids(model, src_ids, opts)
     torch.set_num_threads(2)
     assert translate_ids(model, src_ids, opts) == one_at_a_time
     assert torch.get_num_threads() == 2
-    assert all(out == [] for ids, out in zip(src_ids, one_at_a_time) if ids == [])  # empty in, empty out, in place
+    assert all(
+        out == [] for ids, out in zip(src_ids, one_at_a_time) if ids == []
+    )  # empty in, empty out, in place
 
 
 def test_search_never_emits_pad_or_bos():
     model = tiny_model(seed=9).eval()
     src, lens = source_tensors(SOURCES)
-    for hyps in beam_search(model, src, lens, beam=3, alpha=1.0, max_len_ratio=2.0, max_len_offset=5, n_best=3):
+    for hyps in beam_search(
+        model, src, lens, beam=3, alpha=1.0, max_len_ratio=2.0, max_len_offset=5, n_best=3
+    ):
         for h in hyps:
             assert PAD not in h.tokens and BOS not in h.tokens and EOS not in h.tokens
 
@@ -175,11 +193,15 @@ def test_top_k_equals_torch_topk(vocab, k):
 def test_output_layer_over_seen_pieces_searches_as_the_masked_full_model(beam):
     from test_model import SEEN, restricted_and_masked
 
-    restricted, full = restricted_and_masked(dict(attention="luong", input_feeding=False, tie_embeddings=True))
+    restricted, full = restricted_and_masked(
+        dict(attention="luong", input_feeding=False, tie_embeddings=True)
+    )
     src, lens = source_tensors([[4, 5, 6, 7, 8], [9, 10], [11, 12, 4], [5]])
     ours = decode(restricted, src, lens, beam, 1.0, 2.0, 5)
     theirs = decode(full, src, lens, beam, 1.0, 2.0, 5)
     assert [h.tokens for h in ours] == [h.tokens for h in theirs]
     assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
     assert all(set(h.tokens) <= set(SEEN.tolist()) for h in ours)  # piece ids, not column numbers
-    assert any(t > 4 for h in ours for t in h.tokens)  # columns and ids differ above 4: the mapping is exercised
+    assert any(
+        t > 4 for h in ours for t in h.tokens
+    )  # columns and ids differ above 4: the mapping is exercised

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import torch
-
 import pytest
+import torch
 
 from nmt.checkpoint import load_checkpoint, load_model
 from nmt.cli import main

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import ROOT, WORDS, nmt
 
 MAX_BYTES, MAX_LINES = 4096, 8
@@ -32,9 +33,28 @@ def free_port() -> int:
 def server(trained):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nmt", "serve", "-m", str(trained["model"]), "--port", str(port), "--threads", "1",
-         "--max-bytes", str(MAX_BYTES), "--max-lines", str(MAX_LINES), "--beam", "3"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nmt",
+            "serve",
+            "-m",
+            str(trained["model"]),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max-bytes",
+            str(MAX_BYTES),
+            "--max-lines",
+            str(MAX_LINES),
+            "--beam",
+            "3",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -63,7 +83,15 @@ def test_health_and_translation_like_the_command_line(server, trained):
     lines = ["red dog", "", "big house runs", "cat"]
     answer = post(server, {"text": lines, "beam": 2})
     assert answer.status_code == 200
-    cli = nmt("translate", "-m", str(trained["model"]), "--beam", "2", cwd=trained["work"], stdin="\n".join(lines) + "\n")
+    cli = nmt(
+        "translate",
+        "-m",
+        str(trained["model"]),
+        "--beam",
+        "2",
+        cwd=trained["work"],
+        stdin="\n".join(lines) + "\n",
+    )
     assert answer.json() == {"translations": cli.stdout.splitlines()}
     assert answer.json()["translations"][1] == ""
 
@@ -83,17 +111,44 @@ def test_attention_on_request(server):
     [
         (dict(content=b'{"text": ["red dog"'), 422, "body: not valid JSON at character"),
         (dict(json={"text": "red dog"}), 422, "text: Input should be a valid list"),
-        (dict(json={"text": ["red dog"], "beam": 0}), 422, "beam: Input should be greater than or equal to 1"),
+        (
+            dict(json={"text": ["red dog"], "beam": 0}),
+            422,
+            "beam: Input should be greater than or equal to 1",
+        ),
         (dict(json={"text": [3]}), 422, "text.0: Input should be a valid string"),
         (dict(json={"txt": ["red dog"]}), 422, "text: Field required (and 1 more)"),
-        (dict(json={"text": ["red dog"] * (MAX_LINES + 1)}), 413, f"9 lines: over the server's limit of {MAX_LINES}"),
-        (dict(json={"text": ["red dog " * 1000]}), 413, f"request body over the server's limit of {MAX_BYTES} bytes"),
-        (dict(content=iter([b'{"text": ["', b"red " * 2000, b'"]}'])), 413, "request body over the server's limit"),
+        (
+            dict(json={"text": ["red dog"] * (MAX_LINES + 1)}),
+            413,
+            f"9 lines: over the server's limit of {MAX_LINES}",
+        ),
+        (
+            dict(json={"text": ["red dog " * 1000]}),
+            413,
+            f"request body over the server's limit of {MAX_BYTES} bytes",
+        ),
+        (
+            dict(content=iter([b'{"text": ["', b"red " * 2000, b'"]}'])),
+            413,
+            "request body over the server's limit",
+        ),
     ],
-    ids=["bad-json", "not-a-list", "beam-0", "not-strings", "unknown-key", "too-many-lines", "too-big", "too-big-chunked"],
+    ids=[
+        "bad-json",
+        "not-a-list",
+        "beam-0",
+        "not-strings",
+        "unknown-key",
+        "too-many-lines",
+        "too-big",
+        "too-big-chunked",
+    ],
 )
 def test_bad_requests_get_a_status_and_a_message(server, send, status, message):
-    response = httpx.post(f"{server}/translate", headers={"content-type": "application/json"}, timeout=60, **send)
+    response = httpx.post(
+        f"{server}/translate", headers={"content-type": "application/json"}, timeout=60, **send
+    )
     assert response.status_code == status
     assert response.json()["error"].startswith(message)
     assert post(server, {"text": ["red dog"]}).status_code == 200  # and the server goes on
@@ -103,8 +158,11 @@ def test_30_concurrent_requests_get_their_own_answers(server):
     rng = random.Random(7)
     words = list(WORDS)
     requests = [
-        {"text": [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(rng.randint(1, 3))],
-         "beam": rng.randint(1, 4), "attention": rng.random() < 0.3}
+        {
+            "text": [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(rng.randint(1, 3))],
+            "beam": rng.randint(1, 4),
+            "attention": rng.random() < 0.3,
+        }
         for _ in range(30)
     ]
     alone = [post(server, r).json() for r in requests]
@@ -124,8 +182,10 @@ def test_30_concurrent_requests_get_their_own_answers(server):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("NMT_REQUIRE_BROWSER"),
-                    reason="Debian's chromium is not installed (.ci/run installs it and sets NMT_REQUIRE_BROWSER=1)")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("NMT_REQUIRE_BROWSER"),
+    reason="Debian's chromium is not installed (.ci/run installs it and sets NMT_REQUIRE_BROWSER=1)",
+)
 def test_page_in_headless_chromium(server):
     from playwright.sync_api import sync_playwright
 
@@ -133,9 +193,18 @@ def test_page_in_headless_chromium(server):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / "serve-page.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(server + "/")
@@ -162,7 +231,9 @@ def test_serve_user_errors_are_one_line(trained, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         busy = nmt("serve", "-m", str(trained["model"]), "--port", str(port), cwd=tmp_path)
-    assert busy.returncode == 1 and busy.stderr.strip().startswith(f"nmt: error: 127.0.0.1:{port}: cannot listen there")
+    assert busy.returncode == 1 and busy.stderr.strip().startswith(
+        f"nmt: error: 127.0.0.1:{port}: cannot listen there"
+    )
     bad = nmt("serve", "-m", str(trained["model"]), "--port", "70000", cwd=tmp_path)
     assert bad.returncode == 2 and "--port must be a port number, 1 to 65535, got '70000'" in bad.stderr
     missing = nmt("serve", "-m", "missing.safetensors", "--port", str(free_port()), cwd=tmp_path)

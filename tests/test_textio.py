@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import nmt, toy_corpus
 from nmt import data, textio
 from nmt.errors import NMTError
 from nmt.textio import atomic_write, count_lines, newline_convention, read_lines, write_lines, write_text
+
+from conftest import nmt, toy_corpus
 
 # Characters that str.splitlines would split on: here they stay inside their line.
 LINES = ["red dog", "", "großer Hund", "x\u2028y\x85z\x0b\x1cw", "last"]
@@ -37,17 +38,20 @@ def test_lf_crlf_and_cr_files_read_the_same(tmp_path, convention, gz):
     assert newline_convention(path) == convention
 
 
-@pytest.mark.parametrize("text, lines", [
-    ("a\rb\nc\n", ["a\rb", "c"]),  # a stray CR inside an LF file's line stays in the line
-    ("a\r\r\nb\r\n", ["a\r", "b"]),  # only one CR before an LF is dropped
-    ("a\nb", ["a", "b"]),  # a final line without a line end counts
-    ("a\r\nb", ["a", "b"]),
-    ("a\rb", ["a", "b"]),
-    ("a\r\rb\r", ["a", "", "b"]),
-    ("only", ["only"]),
-    ("\n", [""]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, lines",
+    [
+        ("a\rb\nc\n", ["a\rb", "c"]),  # a stray CR inside an LF file's line stays in the line
+        ("a\r\r\nb\r\n", ["a\r", "b"]),  # only one CR before an LF is dropped
+        ("a\nb", ["a", "b"]),  # a final line without a line end counts
+        ("a\r\nb", ["a", "b"]),
+        ("a\rb", ["a", "b"]),
+        ("a\r\rb\r", ["a", "", "b"]),
+        ("only", ["only"]),
+        ("\n", [""]),
+        ("", []),
+    ],
+)
 def test_the_newline_rule(tmp_path, text, lines):
     path = write(tmp_path / "t.txt", text)
     assert list(read_lines(path)) == lines and count_lines(path) == len(lines)
@@ -187,11 +191,22 @@ def test_a_cr_corpus_trains_and_a_cr_input_translates_line_for_line(tmp_path):
     for prefix in splits.values():
         to_cr(prefix)
     config = {
-        "data": {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"]],
-                 "vocab_size": 50, "cache_dir": str(tmp_path / "cache")},
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [splits["test"]],
+            "vocab_size": 50,
+            "cache_dir": str(tmp_path / "cache"),
+        },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
-        "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 300, "log_every": 5, "valid_every": 10,
-                  "max_steps": 20, "time_budget_min": 5},
+        "train": {
+            "run_dir": str(tmp_path / "run"),
+            "batch_tokens": 300,
+            "log_every": 5,
+            "valid_every": 10,
+            "max_steps": 20,
+            "time_budget_min": 5,
+        },
     }
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
     result = nmt("train", "toy.yaml", cwd=tmp_path)

@@ -10,9 +10,10 @@ import random
 import pytest
 import sentencepiece as spm
 
-from conftest import WORDS
 from nmt.errors import NMTError
 from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, load_spm, train_spm
+
+from conftest import WORDS
 
 
 def corpus(n: int = 300, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -44,8 +45,12 @@ def foreign_model(**special_ids: int) -> bytes:
     """A SentencePiece model trained directly, with SentencePiece's own (or the given) special ids."""
     writer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SRC), model_writer=writer, vocab_size=30, hard_vocab_limit=False,
-        minloglevel=2, **special_ids,
+        sentence_iterator=iter(SRC),
+        model_writer=writer,
+        vocab_size=30,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        **special_ids,
     )
     return writer.getvalue()
 
@@ -96,8 +101,12 @@ def test_encode_then_decode_gives_the_text_back(which, request):
 
 @pytest.mark.parametrize(
     "special_ids",
-    [{}, dict(pad_id=0, unk_id=1, bos_id=3, eos_id=2), dict(pad_id=-1, unk_id=0, bos_id=1, eos_id=2),
-     dict(pad_id=3, unk_id=0, bos_id=1, eos_id=2)],
+    [
+        {},
+        dict(pad_id=0, unk_id=1, bos_id=3, eos_id=2),
+        dict(pad_id=-1, unk_id=0, bos_id=1, eos_id=2),
+        dict(pad_id=3, unk_id=0, bos_id=1, eos_id=2),
+    ],
     ids=["sentencepiece-defaults", "bos-eos-swapped", "no-pad", "pad-last"],
 )
 def test_foreign_special_ids_are_refused(special_ids):
@@ -115,7 +124,8 @@ def test_foreign_special_ids_are_refused(special_ids):
 
 
 @pytest.mark.parametrize(
-    "proto", [b"", b"not a sentencepiece model", bytes(range(256)), b"\xff" * 64],
+    "proto",
+    [b"", b"not a sentencepiece model", bytes(range(256)), b"\xff" * 64],
     ids=["empty", "text", "bytes", "ff"],
 )
 def test_bytes_that_are_not_a_model_are_refused(proto):

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from conftest import toy_corpus
 from nmt.config import TrainConfig, config_from_dict
 from nmt.train import train
 from nmt.trainer import Progress, learning_rate, over_budget
+
+from conftest import toy_corpus
 
 
 def test_learning_rate_schedule():
@@ -26,10 +27,20 @@ def test_learning_rate_schedule():
 def toy_config(tmp_path, **sections):
     folder = tmp_path / "toy"
     doc = {
-        "data": {"train": toy_corpus(folder, "train", 300, 1), "valid": toy_corpus(folder, "valid", 20, 2), "test": [],
-                 "vocab_size": 50, "cache_dir": str(tmp_path / "cache")},
+        "data": {
+            "train": toy_corpus(folder, "train", 300, 1),
+            "valid": toy_corpus(folder, "valid", 20, 2),
+            "test": [],
+            "vocab_size": 50,
+            "cache_dir": str(tmp_path / "cache"),
+        },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
-        "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 300, "log_every": 5, "time_budget_min": 5},
+        "train": {
+            "run_dir": str(tmp_path / "run"),
+            "batch_tokens": 300,
+            "log_every": 5,
+            "time_budget_min": 5,
+        },
     }
     for section, values in sections.items():
         doc[section].update(values)
@@ -41,23 +52,33 @@ def records(tmp_path):
 
 
 def test_early_stopping_after_patience_and_keep_last(tmp_path):
-    # A learning rate this small cannot improve validation BLEU: training stops after 1 + patience validations.
-    cfg = toy_config(tmp_path, train={"lr": 1e-9, "min_lr": 0.0, "valid_every": 2, "patience": 2, "max_steps": 100,
-                                      "keep_last": 2})
+    # A learning rate this small cannot improve validation BLEU: training stops after 1 + patience
+    # validations.
+    cfg = toy_config(
+        tmp_path,
+        train={"lr": 1e-9, "min_lr": 0.0, "valid_every": 2, "patience": 2, "max_steps": 100, "keep_last": 2},
+    )
     train(cfg)
     valid = [r for r in records(tmp_path) if r["type"] == "valid"]
     assert len(valid) == 3 and [r["best"] for r in valid] == [True, False, False]
     assert next(r for r in records(tmp_path) if r["type"] == "done")["step"] == 6
     # keep_last: the models of the last two validations, for `nmt average`.
-    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-4.safetensors", "step-6.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == [
+        "step-4.safetensors",
+        "step-6.safetensors",
+    ]
 
 
 def test_over_budget():
     t = TrainConfig(max_steps=0, max_epochs=0, time_budget_min=1.0)
     assert not over_budget(t, Progress(step=10**6, epoch=10**3), seconds=40.0, longest_validation=19.9)
-    assert over_budget(t, Progress(), seconds=40.0, longest_validation=20.0)  # the last validation must fit too
+    assert over_budget(
+        t, Progress(), seconds=40.0, longest_validation=20.0
+    )  # the last validation must fit too
     assert over_budget(t, Progress(), seconds=60.0, longest_validation=0.0)
-    assert not over_budget(TrainConfig(time_budget_min=0, max_steps=0, max_epochs=0), Progress(), 10**9, 10**9)
+    assert not over_budget(
+        TrainConfig(time_budget_min=0, max_steps=0, max_epochs=0), Progress(), 10**9, 10**9
+    )
     steps = TrainConfig(max_steps=5, time_budget_min=0)
     assert not over_budget(steps, Progress(step=4), 0, 0) and over_budget(steps, Progress(step=5), 0, 0)
     epochs = TrainConfig(max_epochs=2, time_budget_min=0)
@@ -65,9 +86,10 @@ def test_over_budget():
 
 
 def stopped_by_the_budget(records: list[dict], budget: float) -> None:
-    """The run ended inside the budget, up to what the machine's own speed could not foresee: one step past the
-    last decision (the longest step between progress lines, which come every step here) and a final validation
-    longer than the longest before it, the forecast (measured in this run, so no figure depends on the machine)."""
+    """The run ended inside the budget, up to what the machine's own speed could not foresee: one step past
+    the last decision (the longest step between progress lines, which come every step here) and a final
+    validation longer than the longest before it, the forecast (measured in this run, so no figure depends on
+    the machine)."""
     done = next(r for r in records if r["type"] == "done")
     minutes = [0.0] + [r["minutes"] for r in records if r["type"] == "train"]
     longest_step = max(b - a for a, b in zip(minutes, minutes[1:])) + 0.01  # minutes, rounded to 0.01
@@ -78,20 +100,31 @@ def stopped_by_the_budget(records: list[dict], budget: float) -> None:
 
 def test_separate_vocabularies_and_time_budget(tmp_path):
     budget = 0.05  # minutes
-    cfg = toy_config(tmp_path, data={"joint_vocab": False},
-                     train={"time_budget_min": budget, "valid_every": 10_000, "log_every": 1})
+    cfg = toy_config(
+        tmp_path,
+        data={"joint_vocab": False},
+        train={"time_budget_min": budget, "valid_every": 10_000, "log_every": 1},
+    )
     train(cfg)
     run = tmp_path / "run"
-    assert (run / "spm.src.model").is_file() and (run / "spm.tgt.model").is_file() and not (run / "spm.model").exists()
+    assert (
+        (run / "spm.src.model").is_file()
+        and (run / "spm.tgt.model").is_file()
+        and not (run / "spm.model").exists()
+    )
     assert (run / "spm.src.model").read_bytes() != (run / "spm.tgt.model").read_bytes()
     done = next(r for r in records(tmp_path) if r["type"] == "done")
-    assert done["step"] < 10_000 and len(done["validation_seconds"]) == 1  # the budget stopped it, then validated
+    assert (
+        done["step"] < 10_000 and len(done["validation_seconds"]) == 1
+    )  # the budget stopped it, then validated
     stopped_by_the_budget(records(tmp_path), budget)
 
 
 def test_time_budget_includes_the_final_validation(tmp_path):
     budget = 0.2  # minutes
-    cfg = toy_config(tmp_path, train={"time_budget_min": budget, "valid_every": 10, "patience": 0, "log_every": 1})
+    cfg = toy_config(
+        tmp_path, train={"time_budget_min": budget, "valid_every": 10, "patience": 0, "log_every": 1}
+    )
     train(cfg)
     done = next(r for r in records(tmp_path) if r["type"] == "done")
     assert len(done["validation_seconds"]) >= 2  # it validated on the way, so the last one was forecast

@@ -9,10 +9,11 @@ import copy
 import pytest
 import torch
 
-from conftest import VARIANTS, tiny_model
 from nmt.batch import Batch, make_batch
 from nmt.config import TrainConfig
 from nmt.trainer import train_step
+
+from conftest import VARIANTS, tiny_model
 
 SRC = [[4, 5, 6], [9, 10, 11, 12, 4, 7, 8], [11], [6, 7, 8, 9], [12, 4]]
 TGT = [[5, 6, 7, 8], [7, 8], [6, 9, 10, 4, 5, 7], [10], [4, 9, 5]]

@@ -8,9 +8,10 @@ import sys
 
 import torch
 
-from conftest import ROOT, nmt
 from nmt.config import DecodeConfig
 from nmt.translate import Translator
+
+from conftest import ROOT, nmt
 
 
 def test_import_nmt_has_no_side_effects():
@@ -18,7 +19,9 @@ def test_import_nmt_has_no_side_effects():
         "import os, sys; before = dict(os.environ); import nmt; "
         "print(json.dumps([dict(os.environ) == before, 'torch' in sys.modules, nmt.__version__]))"
     )
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + code], cwd=ROOT, capture_output=True, text=True
+    )
     assert json.loads(out.stdout) == [True, False, __import__("nmt").__version__]
     from nmt import Translator as Exported
 
@@ -26,12 +29,17 @@ def test_import_nmt_has_no_side_effects():
 
 
 def test_translator_is_what_the_commands_run(trained):
-    lines = (trained["test"].parent / "test.en").read_text(encoding="utf-8").splitlines()[:12] + ["", "red dog"]
+    lines = (trained["test"].parent / "test.en").read_text(encoding="utf-8").splitlines()[:12] + [
+        "",
+        "red dog",
+    ]
     translator = Translator.load(trained["model"], device="cpu")
     assert translator.defaults == DecodeConfig()  # the one source of the defaults
     for beam in (1, 5):
         (trained["work"] / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        result = nmt("translate", "-m", str(trained["model"]), "-i", "in.txt", "--beam", str(beam), cwd=trained["work"])
+        result = nmt(
+            "translate", "-m", str(trained["model"]), "-i", "in.txt", "--beam", str(beam), cwd=trained["work"]
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == translator.translate(lines, beam=beam)
     assert translator.translate(lines)[-2] == ""  # an empty line gives an empty line
