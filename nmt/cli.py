@@ -1,8 +1,9 @@
-"""Command line: `nmt data | train | translate | evaluate | average | plot | serve`. Thin front ends over the
-library.
+"""Command line: `nmt data | train | translate | score | evaluate | average | plot | serve`. Thin front ends
+over the library.
 
 Each command imports what it needs when it runs, so `nmt translate` never loads the training-side libraries.
-User errors (`NMTError`) end with one line on stderr and exit status 1; Ctrl-C with exit status 130.
+User errors (`NMTError`) end with one line on stderr and exit status 1, as does a missing dependency; Ctrl-C
+with exit status 130.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def cmd_translate(args) -> None:
         _check_parent(path)
     heatmaps = _output_folder(args.attention) if args.attention else None
     translator = _translator(args)
+    if args.n_best is not None:
+        write_lines(args.output, n_best_lines(translator.translate(lines, n_best=args.n_best), args.format))
+        return
     if heatmaps is None and args.alignments is None:
         write_lines(args.output, translator.translate(lines))
         return
@@ -139,6 +143,31 @@ def cmd_translate(args) -> None:
         for name, r in zip(heatmap_names(len(lines)), results):
             save_heatmap(heatmaps / name, r.attention, r.source, r.pieces)
         log.info("%d attention heatmaps in %s", len(lines), heatmaps)
+
+
+def n_best_lines(hypotheses: list[list[tuple[str, float]]], form: str) -> list[str]:
+    """Moses n-best lines (`line ||| hypothesis ||| score`, line numbers from 0), or one JSON object per input
+    line (`{"line": i, "hypotheses": [{"text", "score"}, ...]}`)."""
+    if form == "jsonl":
+        return [
+            json.dumps(
+                {"line": i, "hypotheses": [{"text": t, "score": round(x, 4)} for t, x in hyps]},
+                ensure_ascii=False,
+            )
+            for i, hyps in enumerate(hypotheses)
+        ]
+    return [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(hypotheses) for text, score in hyps]
+
+
+def cmd_score(args) -> None:
+    from nmt.textio import read_lines, write_lines
+
+    src, tgt = list(read_lines(args.src)), list(read_lines(args.tgt))
+    if len(src) != len(tgt):
+        raise NMTError(f"{args.src} has {len(src)} lines but {args.tgt} has {len(tgt)}: they must match")
+    scores = _translator(args).score(src, tgt)
+    lines = ["" if s is None else f"{s.mean:.4f}\t{s.log_prob:.4f}\t{s.tokens}" for s in scores]
+    write_lines(args.output, lines)
 
 
 def cmd_evaluate(args) -> None:
@@ -257,7 +286,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nmt import __version__
+
     parser = Parser(prog="nmt", description="LSTM neural machine translation")
+    parser.add_argument("--version", action="version", version=f"nmt {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -289,7 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write hard word alignments, one line per input line, Pharaoh i-j (0-based source-target)",
     )
+    p.add_argument(
+        "--n-best",
+        type=_positive("--n-best"),
+        default=None,
+        metavar="N",
+        help="write the N best translations of each line with their scores (N at most the beam size)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["moses", "jsonl"],
+        default="moses",
+        help="of --n-best: Moses lines `line ||| hypothesis ||| score` (default), or a JSON object per line",
+    )
     p.set_defaults(run=cmd_translate)
+
+    p = sub.add_parser(
+        "score",
+        help="score given translations (forced decoding): per-token log-probability, sum, tokens",
+    )
+    _add_decode_args(p)
+    p.add_argument("--src", required=True, help="source lines")
+    p.add_argument("--tgt", required=True, help="their translations, line by line")
+    p.add_argument("-o", "--output", default=None, help="output file (default stdout)")
+    p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("evaluate", help="translate and score with sacreBLEU (BLEU, chrF)")
     _add_decode_args(p)
@@ -375,11 +430,19 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     configure_logging(args.quiet, args.command == "train")
-    kernel_cache(8 if args.command in ("translate", "evaluate", "serve") else 256)
+    kernel_cache(8 if args.command in ("translate", "evaluate", "score", "serve") else 256)
     try:
         args.run(args)
     except NMTError as e:
         print(f"nmt: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "nmt":
+            raise
+        print(
+            f"nmt: error: the package {e.name!r} is missing (pip install nmt-lstm installs what nmt needs)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("nmt: interrupted", file=sys.stderr)
@@ -388,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): not an error of ours, and no traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    if argv is None and args.command in ("translate", "evaluate"):
+    if argv is None and args.command in ("translate", "evaluate", "score"):
         _exit_now()
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nmt.batch import Batch
 from nmt.tokenizer import BOS, EOS, PAD
 from nmt.vocab import OutputVocab
 
@@ -260,8 +261,28 @@ def decode(
     alpha: float,
     max_len_ratio: float,
     max_len_offset: int,
-) -> list[Hypothesis]:
-    """The best hypothesis per sentence: greedy for beam 1, beam search otherwise."""
-    if beam == 1:
-        return greedy(model, src, src_lens, max_len_ratio, max_len_offset)
-    return [hyps[0] for hyps in beam_search(model, src, src_lens, beam, alpha, max_len_ratio, max_len_offset)]
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """The `n_best` best hypotheses per sentence, best first: greedy for beam 1, beam search otherwise."""
+    if beam == 1 and n_best == 1:
+        return [[h] for h in greedy(model, src, src_lens, max_len_ratio, max_len_offset)]
+    return beam_search(model, src, src_lens, beam, alpha, max_len_ratio, max_len_offset, n_best)
+
+
+@torch.inference_mode()
+def force(model: Searchable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forced decoding: the log-probability the model gives each piece of `batch.tgt_out` (and its EOS) after
+    the ones before it, through the same `step` search uses, so the numbers are those search assigns to that
+    output. A piece outside the output vocabulary gets UNK's. Returns per piece (B, T), 0 at padding, and
+    each sentence's sum (B,), added up one step at a time as search adds its scores."""
+    state = model.encode(batch.src, batch.src_lens)
+    real = batch.tgt_out != PAD  # (B, T)
+    total = torch.zeros(batch.tgt_out.size(0), device=batch.tgt_out.device)  # (B,)
+    steps = []
+    for t in range(batch.tgt_in.size(1)):
+        logp, state, _ = model.step(batch.tgt_in[:, t], state)  # (B, V_out)
+        column = model.vocab.columns(batch.tgt_out[:, t]).unsqueeze(1)  # (B, 1)
+        piece = logp.gather(1, column).squeeze(1).masked_fill(~real[:, t], 0.0)  # (B,)
+        total = total + piece
+        steps.append(piece)
+    return torch.stack(steps, dim=1), total

@@ -1,7 +1,8 @@
 """`nmt serve`: a JSON API and one web page over a model loaded once, on FastAPI and uvicorn.
 
-  POST /translate   {"text": ["line", ...], "beam": 5, "attention": false}
-                    → {"translations": [...], "attention": [{"source", "target", "weights"} or null, ...]}
+  POST /translate   {"text": ["line", ...], "beam": 5, "attention": false, "n_best": null}
+                    → {"translations": [...], "attention": [{"source", "target", "weights"} or null, ...],
+                       "n_best": [[{"text", "score"}, ...], ...] (when asked)}
   GET  /            the page: a text box, a translate button, the translations, the heatmap of the one in view
   GET  /health      {"status": "ok", ...}
 
@@ -42,6 +43,12 @@ class TranslateRequest(BaseModel):
         None, ge=1, le=MAX_BEAM, description="beam size, 1 is greedy (default: the server's --beam)"
     )
     attention: bool = Field(False, description="also return each line's attention weights")
+    n_best: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_BEAM,
+        description="also return each line's n best translations and scores (n <= beam)",
+    )
 
 
 class BodyLimit:
@@ -104,9 +111,16 @@ class Service:
         self.translator = translator
         self.lock = threading.Lock()
 
-    def __call__(self, lines: list[str], beam: int | None, attention: bool) -> dict[str, Any]:
+    def __call__(self, request: TranslateRequest) -> dict[str, Any]:
+        lines, beam = request.text, request.beam
         with self.lock:
-            if not attention:
+            if request.n_best is not None:
+                best = self.translator.translate(lines, n_best=request.n_best, beam=beam)
+                return {
+                    "translations": [hyps[0][0] for hyps in best],
+                    "n_best": [[{"text": t, "score": round(x, 4)} for t, x in hyps] for hyps in best],
+                }
+            if not request.attention:
                 return {"translations": self.translator.translate(lines, beam=beam)}
             results = self.translator.translations(lines, attention=True, beam=beam)
         return {
@@ -164,7 +178,9 @@ def create_app(
                 {"error": f"{len(request.text)} lines: over the server's limit of {max_lines} per request"},
                 status_code=413,
             )
-        return service(request.text, request.beam, request.attention)
+        if request.n_best is not None and request.n_best > (request.beam or translator.defaults.beam):
+            return JSONResponse({"error": "n_best: must be at most the beam size"}, status_code=422)
+        return service(request)
 
     app.add_middleware(BodyLimit, limit=max_bytes)
     return app

@@ -21,14 +21,16 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from nmt.batch import length_batches, source_tensors
+from nmt.batch import length_batches, make_batch, source_tensors
 from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble, load_models
+from nmt.errors import NMTError
 from nmt.model import Seq2Seq
-from nmt.search import Hypothesis, Searchable, decode
+from nmt.search import Hypothesis, Searchable, decode, force
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,20 @@ class Translation:
     attention: torch.Tensor | None = (
         None  # (T + 1, S + 1) pieces and EOS; None for an empty line or not asked
     )
+
+
+@dataclass
+class Score:
+    """A pair's log-probability under the model: the sum over the target pieces and the EOS, and their
+    count."""
+
+    log_prob: float
+    tokens: int  # target pieces + EOS
+
+    @property
+    def mean(self) -> float:
+        """Per token."""
+        return self.log_prob / self.tokens
 
 
 class Translator:
@@ -100,10 +116,34 @@ class Translator:
         """The defaults with the overrides that are not None."""
         return dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
 
-    def translate(self, lines: list[str], **options) -> list[str]:
+    def translate(
+        self, lines: list[str], n_best: int | None = None, **options
+    ) -> list[str] | list[list[tuple[str, float]]]:
         """One translation per line, in order. `options`: any `DecodeConfig` field (beam, length_penalty,
-        ...)."""
-        return self.tok.decode_tgt(translate_ids(self.model, self.source_ids(lines), self.options(**options)))
+        ...). With `n_best`, each line's `n_best` best translations instead, best first, as (text, score):
+        the score is the log-probability divided by the length penalty (beam search), or the log-probability
+        (greedy)."""
+        opts, src = self.options(**options), self.source_ids(lines)
+        if n_best is None:
+            return self.tok.decode_tgt(translate_ids(self.model, src, opts))
+        if not 1 <= n_best <= opts.beam:
+            raise NMTError(f"n-best {n_best}: must be between 1 and the beam size {opts.beam}")
+        hyps = search_ids(self.model, src, opts, n_best)
+        return [list(zip(self.tok.decode_tgt([h.tokens for h in hs]), [h.score for h in hs])) for hs in hyps]
+
+    def score(
+        self, sources: list[str], targets: list[str], batch_size: int | None = None
+    ) -> list[Score | None]:
+        """Forced decoding: the log-probability the model (or ensemble) gives each target as the translation
+        of its source — the numbers beam search assigns to that output, before the length penalty. None where
+        either side is blank."""
+        if len(sources) != len(targets):
+            raise NMTError(f"{len(sources)} sources but {len(targets)} targets: they must pair up")
+        src = self.source_ids(sources)
+        tgt = [ids if line.strip() else [] for line, ids in zip(targets, self.tok.encode_tgt(targets))]
+        src = [s if t else [] for s, t in zip(src, tgt)]  # a blank target: nothing to score
+        scored = score_ids(self.model, src, tgt, batch_size or self.options().sentences())
+        return [Score(total, len(pieces)) if pieces else None for pieces, total in scored]
 
     def translations(self, lines: list[str], attention: bool = False, **options) -> list[Translation]:
         """As `translate`, with each line's pieces and, with `attention`, the weights search saw (an ensemble
@@ -134,42 +174,65 @@ class Translator:
         return src_ids
 
 
-def translate_ids(model: Searchable, src_ids: list[list[int]], opts: DecodeConfig) -> list[list[int]]:
-    """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs.
-
-    On a CPU with several torch threads, the batches decode side by side, one per thread, each
-    single-threaded: a decoding step is many small operations, and splitting each of them across threads costs
-    more in synchronisation than it gains, while two batches keep two cores busy (one runs Python while the
-    other runs a kernel). What the threads share (the decoder's step weights, an int8 encoder) is built
-    first."""
-    out: list[list[int]] = [[] for _ in src_ids]
+def search_ids(
+    model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, n_best: int = 1
+) -> list[list[Hypothesis]]:
+    """Token ids in → the `n_best` best hypotheses of each, best first, in input order; an empty input gives
+    one empty hypothesis of score 0."""
+    out = [[Hypothesis([], 0.0)] for _ in src_ids]
     batches = list(length_batches(src_ids, opts.sentences()))
-    model.prepare()
-    device = model.device
 
-    def run(chunk: list[int]) -> list[Hypothesis]:
+    def run(chunk: list[int]) -> list[list[Hypothesis]]:
         src, src_lens = source_tensors([src_ids[i] for i in chunk])
+        src = src.to(model.device)
+        o = opts
         return decode(
-            model,
-            src.to(device),
-            src_lens,
-            opts.beam,
-            opts.length_penalty,
-            opts.max_len_ratio,
-            opts.max_len_offset,
+            model, src, src_lens, o.beam, o.length_penalty, o.max_len_ratio, o.max_len_offset, n_best
         )
 
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or len(batches) < 2:
-        results = [run(chunk) for chunk in batches]
-    else:
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(run, batches))  # in order
-        finally:
-            torch.set_num_threads(threads)
-    for chunk, hyps in zip(batches, results):
+    for chunk, hyps in zip(batches, side_by_side(model, run, batches)):
         for i, hyp in zip(chunk, hyps):
-            out[i] = hyp.tokens
+            out[i] = hyp
     return out
+
+
+def translate_ids(model: Searchable, src_ids: list[list[int]], opts: DecodeConfig) -> list[list[int]]:
+    """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs."""
+    return [hyps[0].tokens for hyps in search_ids(model, src_ids, opts)]
+
+
+def score_ids(
+    model: Searchable, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int
+) -> list[tuple[list[float], float]]:
+    """Forced decoding of each pair: the log-probability of each target piece and the EOS, and their sum as
+    search adds it up; ([], 0.0) where the source is empty."""
+    out: list[tuple[list[float], float]] = [([], 0.0) for _ in src_ids]
+    batches = list(length_batches(src_ids, batch_size))
+
+    def run(chunk: list[int]) -> list[tuple[list[float], float]]:
+        batch = make_batch([src_ids[i] for i in chunk], [tgt_ids[i] for i in chunk]).to(model.device)
+        pieces, total = force(model, batch)  # (B, T), (B,)
+        return [(row[: len(tgt_ids[i]) + 1], s) for i, row, s in zip(chunk, pieces.tolist(), total.tolist())]
+
+    for chunk, scores in zip(batches, side_by_side(model, run, batches)):
+        for i, score in zip(chunk, scores):
+            out[i] = score
+    return out
+
+
+def side_by_side(model: Searchable, run: Callable[[list[int]], list], batches: list[list[int]]) -> list[list]:
+    """`run(batch)` for every batch, in order. On a CPU with several torch threads the batches run side by
+    side, one per thread, each single-threaded: a decoding step is many small operations, and splitting each
+    of them across threads costs more in synchronisation than it gains, while two batches keep two cores busy
+    (one runs Python while the other runs a kernel). What the threads share (the decoder's step weights, an
+    int8 encoder) is built first."""
+    model.prepare()
+    threads = torch.get_num_threads()
+    if model.device.type != "cpu" or threads == 1 or len(batches) < 2:
+        return [run(chunk) for chunk in batches]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(run, batches))  # in order
+    finally:
+        torch.set_num_threads(threads)

@@ -197,8 +197,8 @@ def test_output_layer_over_seen_pieces_searches_as_the_masked_full_model(beam):
         dict(attention="luong", input_feeding=False, tie_embeddings=True)
     )
     src, lens = source_tensors([[4, 5, 6, 7, 8], [9, 10], [11, 12, 4], [5]])
-    ours = decode(restricted, src, lens, beam, 1.0, 2.0, 5)
-    theirs = decode(full, src, lens, beam, 1.0, 2.0, 5)
+    ours = [hyps[0] for hyps in decode(restricted, src, lens, beam, 1.0, 2.0, 5)]
+    theirs = [hyps[0] for hyps in decode(full, src, lens, beam, 1.0, 2.0, 5)]
     assert [h.tokens for h in ours] == [h.tokens for h in theirs]
     assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
     assert all(set(h.tokens) <= set(SEEN.tolist()) for h in ours)  # piece ids, not column numbers

@@ -239,3 +239,18 @@ def test_serve_user_errors_are_one_line(trained, tmp_path):
     missing = nmt("serve", "-m", "missing.safetensors", "--port", str(free_port()), cwd=tmp_path)
     assert missing.returncode == 1 and "missing.safetensors: model file not found" in missing.stderr
     assert "Traceback" not in busy.stderr + bad.stderr + missing.stderr
+
+
+def test_n_best_on_request(server, trained):
+    lines = ["red dog", "", "big house runs"]
+    answer = post(server, {"text": lines, "beam": 3, "n_best": 3})
+    assert answer.status_code == 200
+    body = answer.json()
+    from nmt.translate import Translator
+
+    expected = Translator.load(trained["model"], device="cpu").translate(lines, n_best=3, beam=3)
+    assert body["translations"] == [hyps[0][0] for hyps in expected]
+    assert [[h["text"] for h in hyps] for hyps in body["n_best"]] == [
+        [t for t, _ in hyps] for hyps in expected
+    ]
+    assert post(server, {"text": lines, "beam": 2, "n_best": 3}).status_code == 422  # more than the beam
