@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nmt.attention import Attention
-from nmt.fastpath import StepWeights, step_weights, weights_key
+from nmt.fastpath import ROWS, StepWeights, step_weights, weights_key
 from nmt.tokenizer import PAD
 from nmt.vocab import OutputVocab
 
@@ -112,8 +112,11 @@ class Decoder(nn.Module):
 
         def bridge(linear: nn.Linear, state: torch.Tensor) -> torch.Tensor:
             # (B, M) → (B, L*H) → (L, B, H)
+            x = state[-1]
+            if self.precision != "fp32":  # rows padded as FrozenLinear's: each row summed in one order, any B
+                x = F.pad(x, (0, 0, 0, -batch % ROWS))
             return (
-                torch.tanh(linear(state[-1]))
+                torch.tanh(linear(x)[:batch])
                 .view(batch, self.layers, self.hidden)
                 .transpose(0, 1)
                 .contiguous()

@@ -1,8 +1,9 @@
 """Token embeddings + bidirectional multi-layer LSTM over packed, variable-length batches.
 
-For decoding, `precision` bf16 runs the LSTM under bf16 autocast and int8 runs a dynamically quantized copy of
-it (torch's int8 LSTM, weights quantized once); the outputs are fp32 either way. Training leaves it at fp32 (its
-own autocast, if any, applies as usual).
+For decoding on a CPU, `precision` bf16 or int8 runs the LSTM as a `FrozenLSTM`: its matrix multiplies in
+that precision (`nmt.fastpath.FrozenLinear`, weights converted once), its cell state in fp32, its outputs
+fp32, each sentence's the same in any batch. On a GPU, bf16 runs the LSTM under bf16 autocast. Training leaves
+it at fp32 (its own autocast, if any, applies as usual).
 """
 
 from __future__ import annotations
@@ -11,34 +12,43 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from nmt.fastpath import quantizing, weights_key
+from nmt.fastpath import FrozenLinear, lstm_cell, weights_key
 from nmt.tokenizer import PAD
 
 
 class Encoder(nn.Module):
-    def __init__(self, vocab_size: int, emb_size: int, hidden: int, layers: int, dropout: float, emb_dropout: float):
+    def __init__(
+        self, vocab_size: int, emb_size: int, hidden: int, layers: int, dropout: float, emb_dropout: float
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.rnn = nn.LSTM(
-            emb_size, hidden, num_layers=layers, bidirectional=True, batch_first=True,
+            emb_size,
+            hidden,
+            num_layers=layers,
+            bidirectional=True,
+            batch_first=True,
             dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dropout = nn.Dropout(dropout)
         self.output_size = 2 * hidden
         self.precision = "fp32"  # of decoding: fp32, bf16 or int8
-        self._int8_cache: tuple | None = None  # (weights' versions, the quantized LSTM)
+        self._frozen_cache: tuple | None = None  # (weights' versions and precision, the FrozenLSTM)
 
-    def int8_rnn(self) -> nn.Module:
-        """A dynamically quantized copy of the LSTM, rebuilt when a weight changed."""
-        key = weights_key(self.rnn)
-        if self._int8_cache is None or self._int8_cache[0] != key:
-            with quantizing():
-                quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(self.rnn), {nn.LSTM}, dtype=torch.qint8)
-            self._int8_cache = (key, quantized[0])
-        return self._int8_cache[1]
+    def uses_frozen(self, device: torch.device) -> bool:
+        """Whether decoding runs the LSTM as a `FrozenLSTM`: bf16 or int8 on a CPU."""
+        return self.precision != "fp32" and device.type == "cpu"
+
+    def frozen_rnn(self) -> FrozenLSTM:
+        """The LSTM in the precision of decoding, bf16 or int8, rebuilt when a weight changed."""
+        key = weights_key(self.rnn) + (self.precision,)
+        if self._frozen_cache is None or self._frozen_cache[0] != key:
+            self._frozen_cache = (key, FrozenLSTM(self.rnn, self.precision))
+        return self._frozen_cache[1]
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor
@@ -48,10 +58,12 @@ class Encoder(nn.Module):
         states of each layer side by side, taken at each sentence's own last token."""
         emb = self.emb_dropout(self.embed(src))  # (B, S, E)
         packed = pack_padded_sequence(emb, src_lens, batch_first=True, enforce_sorted=False)
-        rnn = self.int8_rnn() if self.precision == "int8" else self.rnn
-        bf16 = torch.autocast(src.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
-        with bf16:
-            out, (h, c) = rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order
+        if not self.uses_frozen(src.device):  # fp32; bf16 on a GPU: cuDNN's LSTM under autocast
+            bf16 = self.precision == "bf16"
+            with torch.autocast(src.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
+                out, (h, c) = self.rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order
+        else:
+            out, (h, c) = self.frozen_rnn()(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2H)
         if self.precision == "bf16":
             out, h, c = out.float(), h.float(), c.float()
@@ -60,3 +72,73 @@ class Encoder(nn.Module):
         h = h.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
         c = c.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1)
         return self.out_dropout(out), (h, c)
+
+
+class FrozenLSTM:
+    """A bidirectional `nn.LSTM` (batch first) for inference over packed batches: its matrix multiplies in
+    `FrozenLinear`'s bf16 or int8, the cell state and nonlinearities in fp32.
+
+    Each sentence's outputs and final states are those it has alone, bit for bit, whatever else the batch
+    holds: torch's int8 LSTM quantizes each time step's inputs over the whole batch, and its bf16 LSTM (under
+    autocast) rounds differently for different batch sizes. Per layer, one matrix multiply takes both
+    directions' input weights over every token; then one per step and direction, over the running
+    sentences."""
+
+    def __init__(self, rnn: nn.LSTM, precision: str):
+        self.layers: list[tuple[FrozenLinear, list[FrozenLinear]]] = []  # (inputs → 2 × 4H gates, own h → 4H)
+        with torch.no_grad():
+            for layer in range(rnn.num_layers):
+                names = [f"l{layer}", f"l{layer}_reverse"]
+                inputs = torch.cat([getattr(rnn, f"weight_ih_{n}") for n in names])  # (2 * 4H, in)
+                bias = torch.cat([getattr(rnn, f"bias_ih_{n}") + getattr(rnn, f"bias_hh_{n}") for n in names])
+                own = [FrozenLinear(getattr(rnn, f"weight_hh_{n}"), None, precision, rows=8) for n in names]
+                self.layers.append((FrozenLinear(inputs, bias, precision), own))
+
+    @torch.no_grad()
+    def __call__(self, packed: PackedSequence) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
+        """Packed inputs (tokens, E) → packed outputs (tokens, 2H) and the final (h, c), each
+        (layers * 2, B, H) in the batch's original order: what `nn.LSTM` returns."""
+        x, sizes = packed.data, packed.batch_sizes.tolist()  # tokens, time-major; running sentences per step
+        hs, cs = [], []
+        for inputs, own in self.layers:
+            gates = inputs(x).chunk(2, dim=1)  # (tokens, 4H) for each direction
+            outs = []
+            for direction in (0, 1):
+                out, h, c = _run_direction(gates[direction], sizes, own[direction], reverse=direction == 1)
+                outs.append(out)
+                hs.append(h)
+                cs.append(c)
+            x = torch.cat(outs, dim=1)  # (tokens, 2H): the next layer's input
+        h, c = torch.stack(hs), torch.stack(cs)  # (layers * 2, B, H), longest sentence first
+        if packed.unsorted_indices is not None:
+            h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
+        return PackedSequence(x, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), (h, c)
+
+
+def _run_direction(
+    gates: torch.Tensor, sizes: list[int], own: FrozenLinear, reverse: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One direction of one layer over a packed batch: gates (tokens, 4H) the input part of each token's
+    gates, time-major, `sizes[t]` the sentences (longest first) that have a step t → outputs (tokens, H) and
+    the final h and c (B, H), each sentence's from its own last step."""
+    hidden = gates.size(1) // 4
+    starts = [0]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    out = gates.new_empty(gates.size(0), hidden)
+    h_last, c_last = gates.new_empty(sizes[0], hidden), gates.new_empty(sizes[0], hidden)
+    h = c = gates.new_zeros(0, hidden)  # (running sentences, H)
+    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    for t in steps:
+        n, g = sizes[t], gates[starts[t] : starts[t] + sizes[t]]  # (n, 4H)
+        if n < h.size(0):  # forwards: sentences n.. ended at the previous step
+            h_last[n : h.size(0)], c_last[n : h.size(0)] = h[n:], c[n:]
+            h, c = h[:n], c[:n]
+        elif n > h.size(0):  # backwards: sentences h.size(0).. start here, from zero states
+            h, c = F.pad(h, (0, 0, 0, n - h.size(0))), F.pad(c, (0, 0, 0, n - c.size(0)))
+        if t != steps[0]:  # (h is all zeros at the first step)
+            g = g + own(h)
+        h, c = lstm_cell(g, c)
+        out[starts[t] : starts[t] + n] = h
+    h_last[: h.size(0)], c_last[: h.size(0)] = h, c
+    return out, h_last, c_last

@@ -7,12 +7,12 @@ layout, computed once from the trained weights (and recomputed whenever they cha
 - layer 0's input gates for every piece the output layer has (the only ones decoding feeds back),
   `embedding @ W_ih[:, :E]ᵀ + biases`, a (V_out, 4H) table: a row lookup replaces that part of the matrix
   multiply;
-- each layer's remaining input weights and its recurrent weights side by side, so a step is one matrix multiply
-  per layer;
+- each layer's remaining input weights and its recurrent weights side by side, so a step is one matrix
+  multiply per layer;
 - the output layer with the tied embedding (and its projection) folded into one (V_out, H) matrix.
 
-The matrix multiplies run in the chosen precision (`FrozenLinear`); the LSTM cell state, the nonlinearities and
-the log-softmax stay in fp32.
+The matrix multiplies run in the chosen precision (`FrozenLinear`); the LSTM cell state, the nonlinearities
+and the log-softmax stay in fp32.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ ROWS = 32  # bf16 and int8 matrix multiplies pad their rows to a multiple of thi
 
 @contextlib.contextmanager
 def quantizing() -> Iterator[None]:
-    """Silences torch's deprecation of its quantized tensors and `torch.ao.quantization`, which its int8 kernels
-    and int8 LSTM still need."""
+    """Silences torch's deprecation of its quantized tensors and `torch.ao.quantization`, which its int8
+    kernels still need."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -41,24 +41,33 @@ def quantizing() -> Iterator[None]:
 
 
 def weights_key(module: torch.nn.Module) -> tuple:
-    """Changes whenever one of the module's weights or buffers is replaced, moved or updated in place: the key of
-    a cache of something computed from them."""
+    """Changes whenever one of the module's weights or buffers is replaced, moved or updated in place: the key
+    of a cache of something computed from them."""
     return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
-class FrozenLinear:
-    """y = x Wᵀ + b for inference: fp32, bf16 weights (fp32 in and out), or dynamic int8 (weights quantized per
-    output channel once, activations per call)."""
+_RANGE = torch.tensor([1.0, -1.0])  # int8 `FrozenLinear`'s two extra input columns: the range of its rows
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str):
-        self.precision = precision
+
+class FrozenLinear:
+    """y = x Wᵀ + b for inference: fp32, bf16 weights (fp32 in and out), or dynamic int8 (weights quantized
+    per output channel once, activations per row per call).
+
+    In bf16 and int8 each row of y is a function of its own row of x alone, bit for bit, whatever the other
+    rows and their number: a sentence translates the same in any batch (tests/test_batch_invariance.py).
+    They pad x to a multiple of `rows` rows: oneDNN builds and caches a kernel for each shape it meets, and
+    padded it meets few; fewer `rows` suit calls of few rows (an encoder's steps over one sentence)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str, rows: int = ROWS):
+        self.precision, self.rows = precision, rows
         weight, bias = weight.detach().float().contiguous(), None if bias is None else bias.detach().float()
         if precision == "int8":
+            weight = F.pad(weight, (0, 2))  # (out, in + 2): zeros against the columns of `_RANGE`
             scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8)
             zero = torch.zeros(weight.size(0), dtype=torch.long)
             with quantizing():
                 qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+            self.packed, self.bias = torch.ops.quantized.linear_prepack(qweight, bias), bias
         elif precision == "bf16":
             self.weight, self.bias = weight.bfloat16(), bias
         else:
@@ -68,24 +77,47 @@ class FrozenLinear:
         """x (N, in) fp32 → (N, out) fp32, a new tensor."""
         if self.precision == "fp32":
             return F.linear(x, self.weight, self.bias)
-        # oneDNN builds and caches a kernel for each shape it meets: rows padded to a multiple of ROWS meet few.
-        n = x.size(0)
-        x = F.pad(x, (0, 0, 0, -n % ROWS))
         if self.precision == "int8":
-            y = torch.ops.quantized.linear_dynamic(x.contiguous(), self.packed)
-        else:
-            y = F.linear(x.bfloat16(), self.weight).float()
-            if self.bias is not None:
-                y.add_(self.bias)
+            return self._int8(x)
+        # oneDNN's bf16 kernels sum each row in an order that does not depend on the number of rows.
+        n = x.size(0)
+        y = F.linear(F.pad(x, (0, 0, 0, -n % self.rows)).bfloat16(), self.weight).float()
+        if self.bias is not None:
+            y.add_(self.bias)
         return y[:n]
+
+    def _int8(self, x: torch.Tensor) -> torch.Tensor:
+        """torch's dynamic int8 kernel quantizes x to one scale and zero point, from the minimum and maximum
+        of the whole matrix: each row would depend on the others. Here two more columns hold 1 and -1
+        (against zero weights), so that the range is [-1, 1] in any batch: each row is quantized alone, the
+        integer products are exact, and the kernel's arithmetic after them does not depend on the number of
+        rows. A row beyond [-1, 1] is divided by its largest magnitude first and its products multiplied back
+        (the decoder's inputs never are: LSTM outputs, tanh's and averages of them)."""
+        x, n = x.detach(), x.size(0)  # (torch's int8 kernel has no gradient)
+        beyond = x.abs().max().item() > 1
+        if beyond:
+            scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(1)  # (N, 1): 1 for the rows within [-1, 1]
+            x = x / scale
+        rows = F.pad(x, (0, 2, 0, -n % self.rows))  # (N padded, in + 2)
+        rows[:, -2:] = _RANGE
+        y = torch.ops.quantized.linear_dynamic(rows, self.packed)[:n]  # (N, out), the bias added
+        if not beyond:
+            return y
+        if self.bias is None:
+            return y.mul_(scale)  # (× 1 leaves the other rows as they are)
+        return torch.where(scale > 1, (y - self.bias) * scale + self.bias, y)
 
 
 @dataclass
 class StepWeights:
     """The decoder's weights in the step layout: build with `step_weights`."""
 
-    table: torch.Tensor  # (V_out, 4H) layer 0's gate inputs from each output piece's embedding, biases included
-    row: torch.Tensor | None  # (V,) each piece's row of `table` (UNK's for pieces outside it); None: its own id
+    table: (
+        torch.Tensor
+    )  # (V_out, 4H) layer 0's gate inputs from each output piece's embedding, biases included
+    row: (
+        torch.Tensor | None
+    )  # (V,) each piece's row of `table` (UNK's for pieces outside it); None: its own id
     layers: list[FrozenLinear]  # layer l: [input below (feed for l = 0, if any); own h] → 4H gates
     layer_bias: list[torch.Tensor | None]  # (4H,) for layers above 0; None for layer 0 (in the table)
     combine: FrozenLinear  # [h; context] → H
@@ -117,8 +149,12 @@ def use_quantized_engine() -> None:
 
 @torch.no_grad()
 def step_weights(
-    lstm: torch.nn.LSTM, embeddings: torch.Tensor, row: torch.Tensor | None, combine: torch.nn.Linear,
-    output: tuple[torch.Tensor, torch.Tensor | None], precision: str,
+    lstm: torch.nn.LSTM,
+    embeddings: torch.Tensor,
+    row: torch.Tensor | None,
+    combine: torch.nn.Linear,
+    output: tuple[torch.Tensor, torch.Tensor | None],
+    precision: str,
 ) -> StepWeights:
     """The step layout of a decoder: its `lstm`, the `embeddings` (V_out, E) of the pieces its output layer
     has (the only ones decoding feeds back), `row` (V,) the row of each piece among them (None: all pieces, in

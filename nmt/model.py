@@ -124,11 +124,11 @@ class Seq2Seq(nn.Module):
         return self
 
     def prepare(self) -> None:
-        """Build what decoding computes from the weights once (the decoder's step layout, the int8 encoder)
-        now, so that threads decoding side by side share it rather than race to build it."""
+        """Build what decoding computes from the weights once (the decoder's step layout, the encoder's bf16
+        or int8 LSTM) now, so that threads decoding side by side share it rather than race to build it."""
         self.decoder.step_layout()
-        if self.encoder.precision == "int8":
-            self.encoder.int8_rnn()
+        if self.encoder.uses_frozen(self.device):
+            self.encoder.frozen_rnn()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
