@@ -9,6 +9,7 @@ with exit status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -68,6 +69,7 @@ def _translator(args):
     from nmt.translate import Translator
 
     translator = Translator.load(args.model, args.device, args.precision, args.threads)
+    translator.progress = True  # shown when stderr is a terminal
     translator.defaults = translator.options(
         beam=args.beam,
         length_penalty=args.length_penalty,
@@ -90,6 +92,8 @@ def cmd_train(args) -> None:
     from nmt.train import train
 
     cfg = load_config(args.config, args.overrides)
+    if args.init_from is not None:  # the flag overrides train.init_from (a path, never read as YAML)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=args.init_from))
     best = train(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
         print(f"best model: {best}")
@@ -114,49 +118,59 @@ def _check_parent(path: str | None) -> None:
 
 
 def cmd_translate(args) -> None:
-    from nmt.textio import read_lines, write_lines
+    from nmt.textio import buffers, line_writer, read_lines
 
-    lines = list(read_lines(args.input))
     for path in (args.output, args.alignments):
         _check_parent(path)
     heatmaps = _output_folder(args.attention) if args.attention else None
     translator = _translator(args)
-    if args.n_best is not None:
-        write_lines(args.output, n_best_lines(translator.translate(lines, n_best=args.n_best), args.format))
-        return
-    if heatmaps is None and args.alignments is None:
-        write_lines(args.output, translator.translate(lines))
-        return
+    if heatmaps is not None or args.alignments is not None:
+        return _translate_with_attention(translator, list(read_lines(args.input)), args, heatmaps)
+    # Streamed: each buffer of lines is translated and written (flushed) before the next is read to the end.
+    with line_writer(args.output) as write:
+        done = 0
+        for lines in buffers(read_lines(args.input), args.buffer_lines):
+            if args.n_best is None:
+                write(translator.translate(lines, first_line=done + 1))
+            else:
+                best = translator.translate(lines, n_best=args.n_best, first_line=done + 1)
+                write(n_best_lines(best, args.format, done))
+            done += len(lines)
+
+
+def _translate_with_attention(translator, lines: list[str], args, heatmaps: Path | None) -> None:
+    """The whole input at once: translations, hard alignments and heatmaps (numbered by the line count)."""
     from nmt.alignment import hard_alignment, heatmap_names, save_heatmap
+    from nmt.textio import write_lines
 
     results = translator.translations(lines, attention=True)
     write_lines(args.output, [r.text for r in results])
     if args.alignments:
-        write_lines(
-            args.alignments,
-            [
-                hard_alignment(r.attention, r.source, r.pieces) if r.attention is not None else ""
-                for r in results
-            ],
-        )
+        alignments = [
+            hard_alignment(r.attention, r.source, r.pieces) if r.attention is not None else ""
+            for r in results
+        ]
+        write_lines(args.alignments, alignments)
     if heatmaps is not None:
         for name, r in zip(heatmap_names(len(lines)), results):
             save_heatmap(heatmaps / name, r.attention, r.source, r.pieces)
         log.info("%d attention heatmaps in %s", len(lines), heatmaps)
 
 
-def n_best_lines(hypotheses: list[list[tuple[str, float]]], form: str) -> list[str]:
-    """Moses n-best lines (`line ||| hypothesis ||| score`, line numbers from 0), or one JSON object per input
-    line (`{"line": i, "hypotheses": [{"text", "score"}, ...]}`)."""
+def n_best_lines(hypotheses: list[list[tuple[str, float]]], form: str, first: int = 0) -> list[str]:
+    """Moses n-best lines (`line ||| hypothesis ||| score`, line numbers from 0; these lines' from `first`),
+    or one JSON object per input line (`{"line": i, "hypotheses": [{"text", "score"}, ...]}`)."""
     if form == "jsonl":
         return [
             json.dumps(
                 {"line": i, "hypotheses": [{"text": t, "score": round(x, 4)} for t, x in hyps]},
                 ensure_ascii=False,
             )
-            for i, hyps in enumerate(hypotheses)
+            for i, hyps in enumerate(hypotheses, first)
         ]
-    return [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(hypotheses) for text, score in hyps]
+    return [
+        f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(hypotheses, first) for text, score in hyps
+    ]
 
 
 def cmd_score(args) -> None:
@@ -285,28 +299,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from nmt import __version__
-
-    parser = Parser(prog="nmt", description="LSTM neural machine translation")
-    parser.add_argument("--version", action="version", version=f"nmt {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    p = sub.add_parser("data", help="fetch Multi30k into data/multi30k (from NMT_DATA_MIRROR when set)")
-    p.add_argument("--dest", default="data/multi30k")
-    p.add_argument(
-        "--mirror", default=None, help="local folder with the corpus files (default: $NMT_DATA_MIRROR)"
-    )
-    p.set_defaults(run=cmd_data)
-
-    p = sub.add_parser("train", help="train a model", description="train CONFIG [--section.key=value ...]")
+def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    p.set_defaults(run=cmd_train)
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        default=None,
+        help="fine-tune: start from this model file's weights, SentencePiece model and output vocabulary "
+        "(overrides train.init_from)",
+    )
 
-    p = sub.add_parser("translate", help="translate a text file, one output line per input line")
-    _add_decode_args(p)
+
+def _add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--input", default=None, help="input file (default stdin)")
     p.add_argument("-o", "--output", default=None, help="output file (default stdout)")
     p.add_argument(
@@ -334,6 +339,77 @@ def build_parser() -> argparse.ArgumentParser:
         default="moses",
         help="of --n-best: Moses lines `line ||| hypothesis ||| score` (default), or a JSON object per line",
     )
+    p.add_argument(
+        "--buffer-lines",
+        type=_positive("--buffer-lines"),
+        default=10_000,
+        metavar="N",
+        help="translate the input N lines at a time (sorted by length inside each), writing each buffer's "
+        "translations before reading on; a pause in the input sends what has arrived (default 10000)",
+    )
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=_port, default=8000, help="default 8000")
+    p.add_argument(
+        "--max-lines",
+        type=_positive("--max-lines"),
+        default=64,
+        help="lines per request, more get 413 (default 64)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=_positive("--max-bytes"),
+        default=65536,
+        help="request body size, more gets 413 (default 65536)",
+    )
+
+
+def _add_run_tools(sub) -> None:
+    """`nmt plot` and `nmt average`: what works on the files of runs."""
+    p = sub.add_parser("plot", help="draw training curves of one or several runs (overlaid) into a PNG")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories of `nmt train` (with metrics.jsonl)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png for several)",
+    )
+    p.set_defaults(run=cmd_plot)
+
+    p = sub.add_parser("average", help="average the weights of models of one run (e.g. its last N snapshots)")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, help="the averaged model file")
+    p.set_defaults(run=cmd_average)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nmt import __version__
+
+    parser = Parser(prog="nmt", description="LSTM neural machine translation")
+    parser.add_argument("--version", action="version", version=f"nmt {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("data", help="fetch Multi30k into data/multi30k (from NMT_DATA_MIRROR when set)")
+    p.add_argument("--dest", default="data/multi30k")
+    p.add_argument(
+        "--mirror", default=None, help="local folder with the corpus files (default: $NMT_DATA_MIRROR)"
+    )
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser("train", help="train a model", description="train CONFIG [--section.key=value ...]")
+    _add_train_args(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("translate", help="translate a text file, one output line per input line")
+    _add_decode_args(p)
+    _add_translate_args(p)
     p.set_defaults(run=cmd_translate)
 
     p = sub.add_parser(
@@ -356,40 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a translation web page and JSON API (POST /translate) over a model")
     _add_decode_args(p)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=_port, default=8000, help="default 8000")
-    p.add_argument(
-        "--max-lines",
-        type=_positive("--max-lines"),
-        default=64,
-        help="lines per request, more get 413 (default 64)",
-    )
-    p.add_argument(
-        "--max-bytes",
-        type=_positive("--max-bytes"),
-        default=65536,
-        help="request body size, more gets 413 (default 65536)",
-    )
+    _add_serve_args(p)
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("plot", help="draw training curves of one or several runs (overlaid) into a PNG")
-    p.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run directories of `nmt train` (with metrics.jsonl)"
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        default=None,
-        help="the PNG (default: RUN_DIR/curves.png for one run, ./curves.png for several)",
-    )
-    p.set_defaults(run=cmd_plot)
-
-    p = sub.add_parser("average", help="average the weights of models of one run (e.g. its last N snapshots)")
-    p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("-o", "--output", required=True, help="the averaged model file")
-    p.set_defaults(run=cmd_average)
+    _add_run_tools(sub)
     return parser
 
 

@@ -84,6 +84,9 @@ class ModelConfig:
 class TrainConfig:
     run_dir: str = "runs/en-de"
     seed: int = 1
+    # A model file to fine-tune: training starts from its weights, SentencePiece model(s) and output
+    # vocabulary (`nmt.finetune`); the model section must match its architecture. None: a new model.
+    init_from: Optional[str] = None
     batch_tokens: int = 2000  # target tokens per batch, padding included
     accumulate: int = 1  # batches per step and process: a step learns from world size × accumulate batches
     lr: float = 1e-3
@@ -104,6 +107,7 @@ class TrainConfig:
     patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early
     keep_last: int = 0  # keep the model of each of the last N validations (step-N.safetensors), for averaging
     log_every: int = 100
+    tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
     # bf16: autocast of the forward pass (fp32 weights and optimizer); auto: bf16 on CPUs with AMX or
@@ -213,6 +217,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
         ("model.emb_dropout", 0 <= cfg.model.emb_dropout < 1, "must be in [0, 1)"),
         ("model.max_src_len", cfg.model.max_src_len >= 1, "must be positive"),
+        ("train.init_from", cfg.train.init_from != "", "must be a model file or null"),
         ("train.batch_tokens", cfg.train.batch_tokens >= 1, "must be positive"),
         ("train.accumulate", cfg.train.accumulate >= 1, "must be positive"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),

@@ -8,6 +8,7 @@ best.safetensors    the model with the best validation BLEU: self-contained, wha
 step-N.safetensors  the last `train.keep_last` validations' models, for `nmt average`
 checkpoint.pt       model, optimizer and trainer state for `--resume`
 train.log           the log
+tensorboard/        with `train.tensorboard: true`, the metrics as TensorBoard event files
 <test split>.<lang>.hyp   the best model's translations of each test split
 """
 
@@ -41,21 +42,39 @@ def make_run_dir(path: str, resume: bool) -> Path:
     return run_dir
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object a line, appended and flushed as it happens."""
+# What TensorBoard shows of each kind of record: its scalars, under a tag of their section.
+SCALARS = {
+    "train": ("train", ["loss", "tokens_per_s", "lr"]),
+    "valid": ("valid", ["valid_loss", "valid_ppl", "valid_bleu"]),
+    "test": ("test", ["bleu", "chrf"]),
+}
 
-    def __init__(self, file: IO[str]):
-        self.file = file
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line, appended and flushed as it happens; with a TensorBoard writer
+    (`torch.utils.tensorboard.SummaryWriter`), their scalars as event files too."""
+
+    def __init__(self, file: IO[str], tensorboard: Any = None):
+        self.file, self.tensorboard = file, tensorboard
+        self.step = 0  # of the last record with one: test scores are drawn at the run's last step
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.tensorboard is not None and record.get("type") in SCALARS:
+            self.step = record.get("step", self.step)
+            section, keys = SCALARS[record["type"]]
+            prefix = f"{section}/{record['split']}/" if "split" in record else f"{section}/"
+            for key in keys:
+                self.tensorboard.add_scalar(prefix + key, record[key], self.step)
+            self.tensorboard.flush()
 
 
 @contextlib.contextmanager
-def run_files(run_dir: Path, main: bool = True) -> Iterator[MetricsLog]:
+def run_files(run_dir: Path, main: bool = True, tensorboard: bool = False) -> Iterator[MetricsLog]:
     """The run's log file (a handler on the `nmt` logger) and metrics log, for the duration of a run. Under
-    torchrun only rank 0 (`main`) writes them; the others log warnings only, and their metrics go nowhere."""
+    torchrun only rank 0 (`main`) writes them; the others log warnings only, and their metrics go nowhere.
+    With `tensorboard`, the metrics also go to TensorBoard event files in `tensorboard/`."""
     logger = logging.getLogger("nmt")
     if not main:
         logger.setLevel(logging.WARNING)
@@ -65,9 +84,16 @@ def run_files(run_dir: Path, main: bool = True) -> Iterator[MetricsLog]:
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    writer = None
     try:
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            yield MetricsLog(f)
+            yield MetricsLog(f, writer)
     finally:
+        if writer is not None:
+            writer.close()
         logger.removeHandler(handler)
         handler.close()

@@ -200,12 +200,10 @@ def beam_search(
     max_len_offset: int,
     n_best: int = 1,
 ) -> list[list[Hypothesis]]:
-    """The `n_best` best hypotheses of each sentence, best first. src (B, S), src_lens (B,).
-
-    A sentence is done when K hypotheses have finished, when no live hypothesis can still beat its n-th best
-    finished one (their log-probability only falls, so raw score / penalty at the longest length bounds them),
-    or when its length limit forced every live hypothesis to end.
-    """
+    """The `n_best` best hypotheses of each sentence, best first. src (B, S), src_lens (B,). A sentence is
+    done when K hypotheses have finished, when no live hypothesis can still beat its n-th best finished one
+    (their log-probability only falls, so raw score / penalty at the longest length bounds them), or when its
+    length limit forced every live hypothesis to end."""
     if not 1 <= n_best <= beam:
         raise ValueError(f"n_best must be between 1 and the beam size {beam}")
     device, batch, k = src.device, src.size(0), beam

@@ -26,9 +26,11 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from queue import Empty, Queue
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from nmt.errors import NMTError
 
@@ -195,3 +197,57 @@ def write_text(path: TextPath, text: str) -> None:
 def write_lines(path: TextPath, lines: Iterable[str]) -> None:
     """One line per item, each ended by LF; a newline inside an item becomes a space, so the count is kept."""
     write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
+
+
+@contextlib.contextmanager
+def line_writer(path: TextPath) -> Iterator[Callable[[Iterable[str]], None]]:
+    """A function that writes lines (as `write_lines` does) as they come, flushed each call: to stdout for
+    None or '-', or to a file that appears, whole, when the block ends without an error."""
+    if _is_std(path):
+        yield lambda lines: write_text(None, "".join(line.replace("\n", " ") + "\n" for line in lines))
+        return
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+
+        def write(lines: Iterable[str]) -> None:
+            f.write("".join(line.replace("\n", " ") + "\n" for line in lines).encode("utf-8"))
+            f.flush()
+
+        yield write
+
+
+_END = object()
+
+
+def buffers(lines: Iterator[str], size: int, pause: float = 0.2) -> Iterator[list[str]]:
+    """`lines` in lists of at most `size`, each handed on as soon as it is full or the input pauses for
+    `pause` seconds (a pipe whose producer is slow, a person typing): lines never wait for lines that have not
+    arrived. A thread reads ahead, so a file of any size is never held whole; its errors are raised here."""
+    queue: Queue = Queue(maxsize=4 * size)
+
+    def read() -> None:
+        try:
+            for line in lines:
+                queue.put(line)
+            queue.put(_END)
+        except BaseException as e:  # handed to the reader of the buffers, who raises it
+            queue.put(e)
+
+    threading.Thread(target=read, daemon=True).start()
+    buffer: list[str] = []
+    while True:
+        try:
+            item = queue.get(timeout=pause) if buffer else queue.get()
+        except Empty:  # the input paused: what has arrived goes now
+            yield buffer
+            buffer = []
+            continue
+        if item is _END or isinstance(item, BaseException):
+            if buffer:
+                yield buffer
+            if item is not _END:
+                raise item
+            return
+        buffer.append(item)
+        if len(buffer) == size:
+            yield buffer
+            buffer = []

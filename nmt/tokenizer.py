@@ -131,11 +131,51 @@ class Tokenizer:
         return [self.tgt.id_to_piece(i) for i in ids]
 
 
+def spm_files(run_dir: Path) -> tuple[Path, Path, Path]:
+    """Where a run directory keeps its SentencePiece model(s): joint, or source and target."""
+    return run_dir / "spm.model", run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+
+
+def spm_settings(proto: bytes) -> tuple[str, int]:
+    """The model type (unigram, bpe, word, char) and vocabulary size that a SentencePiece model was trained
+    with."""
+    from sentencepiece import sentencepiece_model_pb2  # protobuf: imported only when asked
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    spec = model.trainer_spec
+    return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower(), spec.vocab_size
+
+
+def write_run_tokenizer(tok: Tokenizer, run_dir: Path) -> None:
+    """`tok`'s model(s) into the run directory as `tokenizer_for_run` keeps them: `spm.model` when joint,
+    `spm.src.model` and `spm.tgt.model` otherwise; the other layout's files are removed, so there is one."""
+    joint, src_file, tgt_file = spm_files(run_dir)
+    if tok.joint:
+        joint.write_bytes(tok.src_proto)
+    else:
+        src_file.write_bytes(tok.src_proto)
+        tgt_file.write_bytes(tok.tgt_proto)
+    for stale in (src_file, tgt_file) if tok.joint else (joint,):
+        stale.unlink(missing_ok=True)
+
+
+def read_run_tokenizer(run_dir: Path) -> Tokenizer:
+    """The SentencePiece model(s) the run directory has, in either layout; NMTError when it has none."""
+    joint, src_file, tgt_file = spm_files(run_dir)
+    if joint.is_file():
+        proto = joint.read_bytes()
+        return Tokenizer(proto, proto)
+    if src_file.is_file() and tgt_file.is_file():
+        return Tokenizer(src_file.read_bytes(), tgt_file.read_bytes())
+    raise NMTError(f"{run_dir}: no SentencePiece model (spm.model, or spm.src.model and spm.tgt.model)")
+
+
 def tokenizer_for_run(cfg: DataConfig, run_dir: Path, train_text: Any, seed: int) -> Tokenizer:
     """A training run's SentencePiece model(s): loaded from the run directory (`spm.model`, or `spm.src.model`
     and `spm.tgt.model` when the vocabulary is not joint), or trained on `train_text` (a dataset with text
     columns `src` and `tgt`) and written there."""
-    joint, src_file, tgt_file = run_dir / "spm.model", run_dir / "spm.src.model", run_dir / "spm.tgt.model"
+    joint, src_file, tgt_file = spm_files(run_dir)
     if cfg.joint_vocab and joint.is_file():
         proto = joint.read_bytes()
         return Tokenizer(proto, proto)

@@ -2,7 +2,8 @@
 
 `train()` reads top to bottom as the whole recipe:
   prepare   text, tokenizer, encoded sets and the output vocabulary, derived from the config and the data and
-            returned (`Prepared`), never written into the config (config.yaml records them);
+            returned (`Prepared`), never written into the config (config.yaml records them); when fine-tuning
+            (`train.init_from`), the tokenizer, output vocabulary and initial weights are the model file's;
   build     the model, optimizer and trainer state, from the checkpoint when resuming (`nmt.trainer.Trainer`);
   the loop  steps, validation, the best model, learning-rate cuts, early stopping, the time budget;
   finish    the best model translates and scores each test set.
@@ -17,9 +18,10 @@ import random
 import time
 from pathlib import Path
 
+import datasets
 import torch
 
-from nmt import data
+from nmt import data, finetune
 from nmt.config import Config, save_config
 from nmt.device import resolve_device, resolve_precision
 from nmt.distributed import World, join, leave
@@ -27,7 +29,7 @@ from nmt.metrics import corpus_scores
 from nmt.plot import plot_runs
 from nmt.rundir import BEST, CONFIG, CURVES, MetricsLog, make_run_dir, run_files
 from nmt.textio import write_lines
-from nmt.tokenizer import tokenizer_for_run
+from nmt.tokenizer import Tokenizer, tokenizer_for_run
 from nmt.trainer import Prepared, Trainer
 from nmt.translate import Translator
 from nmt.vocab import OutputVocab
@@ -36,17 +38,20 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
-    """Train as `cfg` says; return the path of the best model file."""
+    """Train as `cfg` says; return the path of the best model file. torch's thread count (`train.threads`) is
+    back as it was when this returns."""
     start = time.monotonic()
     run_dir = make_run_dir(cfg.train.run_dir, resume)
     device = resolve_device(cfg.train.device)
     world = join(device)  # torchrun's process group, or a world of one
+    threads = torch.get_num_threads()
     try:
-        with run_files(run_dir, world.main) as metrics:
+        with run_files(run_dir, world.main, cfg.train.tensorboard) as metrics:
             trainer = build(cfg, resume, run_dir, metrics, start, world, world.device(device))
             trainer.loop()
             finish(cfg, trainer)
     finally:
+        torch.set_num_threads(threads)
         leave(world)
     return run_dir / BEST
 
@@ -74,10 +79,13 @@ def build(
         torch.set_num_threads(t.threads)
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    prepared = prepare(cfg, run_dir, world)
+    prepared = prepare(cfg, run_dir, world, resume)
     if world.main:
         recorded = dataclasses.replace(
-            cfg, model=prepared.model_cfg, train=dataclasses.replace(t, precision=precision)
+            cfg,
+            data=prepared.data_cfg,
+            model=prepared.model_cfg,
+            train=dataclasses.replace(t, precision=precision),
         )
         save_config(recorded, run_dir / CONFIG)
         world.barrier()
@@ -92,21 +100,39 @@ def build(
     return trainer
 
 
-def prepare(cfg: Config, run_dir: Path, world: World) -> Prepared:
+def prepare(cfg: Config, run_dir: Path, world: World, resume: bool = False) -> Prepared:
     """Text, tokenizer, encoded sets and output vocabulary. Test splits are loaded too, so a missing file
     fails before training, not after. Rank 0 prepares (fetch, SentencePiece, encoding cache) while the others
-    wait, then they read what it made."""
+    wait, then they read what it made. Fine-tuning (`train.init_from`) takes the tokenizer, the output
+    vocabulary and the initial weights from the model file (`nmt.finetune`), which is read first, so a bad one
+    fails before any data is loaded."""
     if not world.main:
         world.barrier()
+    start = finetune.for_run(cfg, run_dir, resume, write=world.main)  # None: not fine-tuning
     train_text = data.load_text(cfg.data, cfg.data.train)
     valid_text = data.load_text(cfg.data, cfg.data.valid)
     for split in cfg.data.test:
         data.load_text(cfg.data, split)
-    tok = tokenizer_for_run(cfg.data, run_dir, train_text, cfg.train.seed)
+    tok = start.tok if start else tokenizer_for_run(cfg.data, run_dir, train_text, cfg.train.seed)
     train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train")
     valid_ds = data.encode(cfg.data, valid_text, tok, clean=False, name="valid")
-    seen = data.target_pieces(train_ds) if cfg.model.output_vocab == "seen" else None
-    vocab = OutputVocab.build(cfg.model.output_vocab, tok.tgt_vocab_size, seen)
+    vocab = start.vocab if start else output_vocab(cfg.model.output_vocab, tok, train_ds)
+    model_cfg = dataclasses.replace(
+        cfg.model,
+        src_vocab_size=tok.src_vocab_size,
+        tgt_vocab_size=tok.tgt_vocab_size,
+        out_vocab_size=0 if vocab.pieces is None else vocab.rows,
+    )
+    valid = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
+    if start is None:
+        return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, cfg.data)
+    return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, start.data_cfg, start.weights)
+
+
+def output_vocab(kind: str, tok: Tokenizer, train_ds: datasets.Dataset) -> OutputVocab:
+    """The output layer's pieces: those of the training targets (`seen`), or every piece (`all`)."""
+    seen = data.target_pieces(train_ds) if kind == "seen" else None
+    vocab = OutputVocab.build(kind, tok.tgt_vocab_size, seen)
     if seen is not None:
         log.info(
             "output layer: %d rows, the %d of %d target pieces that the training data has and %d more",
@@ -115,14 +141,7 @@ def prepare(cfg: Config, run_dir: Path, world: World) -> Prepared:
             vocab.size,
             vocab.rows - seen.numel(),
         )
-    model_cfg = dataclasses.replace(
-        cfg.model,
-        src_vocab_size=tok.src_vocab_size,
-        tgt_vocab_size=tok.tgt_vocab_size,
-        out_vocab_size=0 if vocab.pieces is None else vocab.rows,
-    )
-    valid = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
-    return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab)
+    return vocab
 
 
 def finish(cfg: Config, trainer: Trainer) -> None:

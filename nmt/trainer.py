@@ -26,7 +26,7 @@ from tqdm import tqdm
 from nmt import data
 from nmt.batch import Batch
 from nmt.checkpoint import VERSION, load_checkpoint, migrate, save_checkpoint, save_model
-from nmt.config import Config, ModelConfig, TrainConfig
+from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
 from nmt.distributed import World
 from nmt.metrics import bleu
 from nmt.model import Seq2Seq
@@ -138,6 +138,8 @@ class Prepared:
     valid_text: dict[str, list[str]]  # src, tgt
     model_cfg: ModelConfig  # the model section with the vocabulary sizes filled in
     vocab: OutputVocab
+    data_cfg: DataConfig  # the data section as used (fine-tuning: the model file's SentencePiece settings)
+    init_weights: dict[str, torch.Tensor] | None = None  # fine-tuning: the model file's weights
 
 
 @dataclass
@@ -167,6 +169,8 @@ class Trainer:
         self.cfg, self.t, self.prepared, self.precision = cfg, cfg.train, prepared, precision
         self.run_dir, self.world, self.metrics, self.start = run_dir, world, metrics, start
         self.model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device)
+        if prepared.init_weights is not None:  # fine-tuning; on resume the checkpoint's weights win (below)
+            self.model.load_state_dict(prepared.init_weights)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
         self.progress = Progress()
         if resume:

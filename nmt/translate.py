@@ -16,14 +16,17 @@ depend on the other lines it is translated with.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from tqdm import tqdm
 
 from nmt.batch import length_batches, make_batch, source_tensors
 from nmt.config import DecodeConfig
@@ -76,6 +79,7 @@ class Translator:
         `translate`'s options."""
         self.model, self.tok, self.precision = model, tok, precision
         self.defaults = decode or DecodeConfig()
+        self.progress = False  # a progress bar (sentences/s) on stderr, when it is a terminal
         for member in self.members:
             member.set_precision(precision)
 
@@ -117,18 +121,20 @@ class Translator:
         return dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
 
     def translate(
-        self, lines: list[str], n_best: int | None = None, **options
+        self, lines: list[str], n_best: int | None = None, first_line: int = 1, **options
     ) -> list[str] | list[list[tuple[str, float]]]:
         """One translation per line, in order. `options`: any `DecodeConfig` field (beam, length_penalty,
         ...). With `n_best`, each line's `n_best` best translations instead, best first, as (text, score):
         the score is the log-probability divided by the length penalty (beam search), or the log-probability
-        (greedy)."""
-        opts, src = self.options(**options), self.source_ids(lines)
+        (greedy). `first_line`: the number of the first line, in warnings."""
+        opts, src = self.options(**options), self.source_ids(lines, first_line)
         if n_best is None:
-            return self.tok.decode_tgt(translate_ids(self.model, src, opts))
+            with self.bar(src) as bar:
+                return self.tok.decode_tgt(translate_ids(self.model, src, opts, bar))
         if not 1 <= n_best <= opts.beam:
             raise NMTError(f"n-best {n_best}: must be between 1 and the beam size {opts.beam}")
-        hyps = search_ids(self.model, src, opts, n_best)
+        with self.bar(src) as bar:
+            hyps = search_ids(self.model, src, opts, n_best, bar)
         return [list(zip(self.tok.decode_tgt([h.tokens for h in hs]), [h.score for h in hs])) for hs in hyps]
 
     def score(
@@ -142,7 +148,8 @@ class Translator:
         src = self.source_ids(sources)
         tgt = [ids if line.strip() else [] for line, ids in zip(targets, self.tok.encode_tgt(targets))]
         src = [s if t else [] for s, t in zip(src, tgt)]  # a blank target: nothing to score
-        scored = score_ids(self.model, src, tgt, batch_size or self.options().sentences())
+        with self.bar(src) as bar:
+            scored = score_ids(self.model, src, tgt, batch_size or self.options().sentences(), bar)
         return [Score(total, len(pieces)) if pieces else None for pieces, total in scored]
 
     def translations(self, lines: list[str], attention: bool = False, **options) -> list[Translation]:
@@ -162,20 +169,30 @@ class Translator:
             for text, s, h, w in zip(texts, src, hyp, weights)
         ]
 
-    def source_ids(self, lines: list[str]) -> list[list[int]]:
+    def source_ids(self, lines: list[str], first_line: int = 1) -> list[list[int]]:
         """Lines → source piece ids: blank lines give [], lines over the model's limit are truncated (with a
-        warning naming the line)."""
+        warning naming the line, the first being `first_line`)."""
         src_ids = [ids if line.strip() else [] for line, ids in zip(lines, self.tok.encode_src(lines))]
         limit = self.max_src_len - 1  # room for the EOS
-        for number, ids in enumerate(src_ids, 1):
+        for i, ids in enumerate(src_ids):
             if len(ids) > limit:
-                log.warning("line %d: %d pieces, truncated to the model's %d", number, len(ids), limit)
-                src_ids[number - 1] = ids[:limit]
+                log.warning(
+                    "line %d: %d pieces, truncated to the model's %d", first_line + i, len(ids), limit
+                )
+                src_ids[i] = ids[:limit]
         return src_ids
+
+    @contextlib.contextmanager
+    def bar(self, src_ids: list[list[int]]) -> Iterator[tqdm]:
+        """A progress bar over the non-empty inputs, shown with `progress` on stderr when it is a terminal."""
+        total = sum(1 for ids in src_ids if ids)
+        show = None if self.progress else True  # tqdm: None shows it on a terminal only
+        with tqdm(total=total, unit="sentences", file=sys.stderr, disable=show, leave=False) as bar:
+            yield bar
 
 
 def search_ids(
-    model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, n_best: int = 1
+    model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, n_best: int = 1, bar: tqdm | None = None
 ) -> list[list[Hypothesis]]:
     """Token ids in → the `n_best` best hypotheses of each, best first, in input order; an empty input gives
     one empty hypothesis of score 0."""
@@ -190,19 +207,25 @@ def search_ids(
             model, src, src_lens, o.beam, o.length_penalty, o.max_len_ratio, o.max_len_offset, n_best
         )
 
-    for chunk, hyps in zip(batches, side_by_side(model, run, batches)):
+    for chunk, hyps in zip(batches, side_by_side(model, run, batches, bar)):
         for i, hyp in zip(chunk, hyps):
             out[i] = hyp
     return out
 
 
-def translate_ids(model: Searchable, src_ids: list[list[int]], opts: DecodeConfig) -> list[list[int]]:
+def translate_ids(
+    model: Searchable, src_ids: list[list[int]], opts: DecodeConfig, bar: tqdm | None = None
+) -> list[list[int]]:
     """Token ids in → best hypothesis' token ids out, in input order; empty inputs give empty outputs."""
-    return [hyps[0].tokens for hyps in search_ids(model, src_ids, opts)]
+    return [hyps[0].tokens for hyps in search_ids(model, src_ids, opts, 1, bar)]
 
 
 def score_ids(
-    model: Searchable, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int
+    model: Searchable,
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+    batch_size: int,
+    bar: tqdm | None = None,
 ) -> list[tuple[list[float], float]]:
     """Forced decoding of each pair: the log-probability of each target piece and the EOS, and their sum as
     search adds it up; ([], 0.0) where the source is empty."""
@@ -214,25 +237,36 @@ def score_ids(
         pieces, total = force(model, batch)  # (B, T), (B,)
         return [(row[: len(tgt_ids[i]) + 1], s) for i, row, s in zip(chunk, pieces.tolist(), total.tolist())]
 
-    for chunk, scores in zip(batches, side_by_side(model, run, batches)):
+    for chunk, scores in zip(batches, side_by_side(model, run, batches, bar)):
         for i, score in zip(chunk, scores):
             out[i] = score
     return out
 
 
-def side_by_side(model: Searchable, run: Callable[[list[int]], list], batches: list[list[int]]) -> list[list]:
-    """`run(batch)` for every batch, in order. On a CPU with several torch threads the batches run side by
-    side, one per thread, each single-threaded: a decoding step is many small operations, and splitting each
-    of them across threads costs more in synchronisation than it gains, while two batches keep two cores busy
-    (one runs Python while the other runs a kernel). What the threads share (the decoder's step weights, an
-    int8 encoder) is built first."""
+def side_by_side(
+    model: Searchable, run: Callable[[list[int]], list], batches: list[list[int]], bar: tqdm | None = None
+) -> list[list]:
+    """`run(batch)` for every batch, in order (`bar` counts their sentences as they finish). On a CPU with
+    several torch threads the batches run side by side, one per thread, each single-threaded: a decoding step
+    is many small operations, and splitting each of them across threads costs more in synchronisation than it
+    gains, while two batches keep two cores busy (one runs Python while the other runs a kernel). What the
+    threads share (the decoder's step weights, an int8 encoder) is built first."""
     model.prepare()
+
+    def counted(results: Iterator[list]) -> list[list]:
+        out = []
+        for result in results:
+            out.append(result)
+            if bar is not None:
+                bar.update(len(result))
+        return out
+
     threads = torch.get_num_threads()
     if model.device.type != "cpu" or threads == 1 or len(batches) < 2:
-        return [run(chunk) for chunk in batches]
+        return counted(run(chunk) for chunk in batches)
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(run, batches))  # in order
+            return counted(pool.map(run, batches))  # in order
     finally:
         torch.set_num_threads(threads)

@@ -165,3 +165,92 @@ def test_wheel_installs_in_a_fresh_environment_and_translates(trained, tmp_path)
     assert result.stdout.splitlines() == Translator.load(trained["model"], device="cpu").translate(
         ["red dog"]
     )
+
+
+def test_streaming_answers_each_line_while_the_pipe_stays_open(trained):
+    """A line written into the pipe comes out while the producer keeps it open; one line out per line in."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmt", "-q", "translate", "-m", str(trained["model"]), "--beam", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=trained["work"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    expected = Translator.load(trained["model"], device="cpu").translate(
+        ["red dog", "", "small cat sleeps"], beam=1
+    )
+    try:
+        for line, translation in zip(["red dog", "", "small cat sleeps"], expected):
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == translation + "\n"  # before the input ends
+    finally:
+        proc.stdin.close()
+    assert proc.wait(timeout=60) == 0 and proc.stdout.read() == ""
+
+
+def test_buffers_give_the_same_output_as_one_pass(trained, translator, tmp_path):
+    lines = (trained["test"].parent / "test.en").read_text(encoding="utf-8").splitlines()[:13] + ["", "red"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for n_best in ([], ["--n-best", "2"]):
+        outputs = []
+        for buffer in ("4", "10000"):
+            args = (
+                "translate",
+                "-m",
+                str(trained["model"]),
+                "-i",
+                "in.txt",
+                "--buffer-lines",
+                buffer,
+                *n_best,
+            )
+            result = nmt(*args, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout)
+        assert outputs[0] == outputs[1]
+    assert outputs[0].splitlines()[0].startswith("0 ||| ") and outputs[0].splitlines()[-1].startswith(
+        "14 ||| "
+    )
+
+
+def test_progress_bar_on_a_terminal_only(trained, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    (tmp_path / "in.txt").write_text("red dog\nbig cat\n" * 20, encoding="utf-8")
+    args = [
+        sys.executable,
+        "-m",
+        "nmt",
+        "-q",
+        "translate",
+        "-m",
+        str(trained["model"]),
+        "-i",
+        "in.txt",
+        "-o",
+        "o",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(args, stderr=slave, cwd=tmp_path, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == 0
+    assert b"sentences/s" in seen
+    piped = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stderr == ""  # nothing when stderr is not a terminal

@@ -129,3 +129,23 @@ def test_time_budget_includes_the_final_validation(tmp_path):
     done = next(r for r in records(tmp_path) if r["type"] == "done")
     assert len(done["validation_seconds"]) >= 2  # it validated on the way, so the last one was forecast
     stopped_by_the_budget(records(tmp_path), budget)
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = toy_config(
+        tmp_path, train={"tensorboard": True, "max_steps": 10, "valid_every": 5, "log_every": 2, "threads": 1}
+    )
+    threads = torch.get_num_threads()
+    train(cfg)
+    assert torch.get_num_threads() == threads  # train.threads applies to the run only
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = records(tmp_path)
+    for kind, key in (("train", "loss"), ("train", "lr"), ("valid", "valid_bleu"), ("valid", "valid_loss")):
+        scalars = [(e.step, e.value) for e in events.Scalars(f"{kind}/{key}")]
+        expected = [(r["step"], r[key]) for r in logged if r["type"] == kind]
+        assert [s for s, _ in scalars] == [s for s, _ in expected] and len(expected) >= 2
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in expected], rel=1e-6)
