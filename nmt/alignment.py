@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from nmt.batch import length_batches, pad, source_tensors
-from nmt.search import Searchable
-from nmt.tokenizer import BOS
+from nmt.batch import length_batches, make_batch
+from nmt.search import Searchable, force
 
 EOS_LABEL = "</s>"
 WORD_START = "\u2581"  # SentencePiece's ▁: this piece begins a word
@@ -27,19 +26,12 @@ def attention_weights(
     """Per sentence, weights (T + 1, S + 1) on the CPU for T target and S source pieces; None for an empty
     input."""
     out: list[torch.Tensor | None] = [None] * len(src_ids)
-    device = model.device
-    with torch.inference_mode():
-        for chunk in length_batches(src_ids, batch_size):
-            src, src_lens = source_tensors([src_ids[i] for i in chunk])
-            tgt_in = pad([[BOS] + list(hyp_ids[i]) for i in chunk]).to(device)  # (B, T + 1)
-            state = model.encode(src.to(device), src_lens)
-            steps = []
-            for t in range(tgt_in.size(1)):
-                _, state, weights = model.step(tgt_in[:, t], state)  # weights (B, S + 1)
-                steps.append(weights.float().cpu())
-            weights = torch.stack(steps, dim=1)  # (B, T + 1, S + 1)
-            for row, i in enumerate(chunk):
-                out[i] = weights[row, : len(hyp_ids[i]) + 1, : len(src_ids[i]) + 1].clone()
+    for chunk in length_batches(src_ids, batch_size):
+        batch = make_batch([src_ids[i] for i in chunk], [hyp_ids[i] for i in chunk]).to(model.device)
+        _, _, weights = force(model, batch)  # (B, T + 1, S + 1)
+        weights = weights.float().cpu()
+        for row, i in enumerate(chunk):
+            out[i] = weights[row, : len(hyp_ids[i]) + 1, : len(src_ids[i]) + 1].clone()
     return out
 
 

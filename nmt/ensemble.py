@@ -8,7 +8,6 @@ of a run): it costs nothing at translation time.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,6 @@ class EnsembleState:
 class Ensemble:
     def __init__(self, models: list[Seq2Seq]):
         self.models = models
-        # What callers read of a model's config: the input limit every member can take.
-        self.cfg = dataclasses.replace(models[0].cfg, max_src_len=min(m.cfg.max_src_len for m in models))
         self.vocab = models[0].vocab  # the same for all (`load_models` checks)
 
     @property

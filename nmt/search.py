@@ -268,19 +268,21 @@ def decode(
 
 
 @torch.inference_mode()
-def force(model: Searchable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def force(model: Searchable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forced decoding: the log-probability the model gives each piece of `batch.tgt_out` (and its EOS) after
     the ones before it, through the same `step` search uses, so the numbers are those search assigns to that
-    output. A piece outside the output vocabulary gets UNK's. Returns per piece (B, T), 0 at padding, and
-    each sentence's sum (B,), added up one step at a time as search adds its scores."""
+    output. A piece outside the output vocabulary gets UNK's. Returns per piece (B, T), 0 at padding, each
+    sentence's sum (B,), added up one step at a time as search adds its scores, and the attention of each
+    step (B, T, S)."""
     state = model.encode(batch.src, batch.src_lens)
     real = batch.tgt_out != PAD  # (B, T)
     total = torch.zeros(batch.tgt_out.size(0), device=batch.tgt_out.device)  # (B,)
-    steps = []
+    steps, attention = [], []
     for t in range(batch.tgt_in.size(1)):
-        logp, state, _ = model.step(batch.tgt_in[:, t], state)  # (B, V_out)
+        logp, state, weights = model.step(batch.tgt_in[:, t], state)  # (B, V_out), (B, S)
         column = model.vocab.columns(batch.tgt_out[:, t]).unsqueeze(1)  # (B, 1)
         piece = logp.gather(1, column).squeeze(1).masked_fill(~real[:, t], 0.0)  # (B,)
         total = total + piece
         steps.append(piece)
-    return torch.stack(steps, dim=1), total
+        attention.append(weights)
+    return torch.stack(steps, dim=1), total, torch.stack(attention, dim=1)

@@ -178,9 +178,10 @@ def create_app(
                 {"error": f"{len(request.text)} lines: over the server's limit of {max_lines} per request"},
                 status_code=413,
             )
-        if request.n_best is not None and request.n_best > (request.beam or translator.defaults.beam):
-            return JSONResponse({"error": "n_best: must be at most the beam size"}, status_code=422)
-        return service(request)
+        try:
+            return service(request)
+        except NMTError as e:  # what the request asks cannot be done (n_best over the beam size)
+            return JSONResponse({"error": str(e)}, status_code=422)
 
     app.add_middleware(BodyLimit, limit=max_bytes)
     return app

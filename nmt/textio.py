@@ -194,9 +194,14 @@ def write_text(path: TextPath, text: str) -> None:
         tmp.write_bytes(text.encode("utf-8"))  # bytes: no newline translation on any platform
 
 
-def write_lines(path: TextPath, lines: Iterable[str]) -> None:
+def _as_text(lines: Iterable[str]) -> str:
     """One line per item, each ended by LF; a newline inside an item becomes a space, so the count is kept."""
-    write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
+    return "".join(line.replace("\n", " ") + "\n" for line in lines)
+
+
+def write_lines(path: TextPath, lines: Iterable[str]) -> None:
+    """`lines` as one line each (see `_as_text`), to a file written whole or to stdout."""
+    write_text(path, _as_text(lines))
 
 
 @contextlib.contextmanager
@@ -204,12 +209,12 @@ def line_writer(path: TextPath) -> Iterator[Callable[[Iterable[str]], None]]:
     """A function that writes lines (as `write_lines` does) as they come, flushed each call: to stdout for
     None or '-', or to a file that appears, whole, when the block ends without an error."""
     if _is_std(path):
-        yield lambda lines: write_text(None, "".join(line.replace("\n", " ") + "\n" for line in lines))
+        yield lambda lines: write_text(None, _as_text(lines))
         return
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
 
         def write(lines: Iterable[str]) -> None:
-            f.write("".join(line.replace("\n", " ") + "\n" for line in lines).encode("utf-8"))
+            f.write(_as_text(lines).encode("utf-8"))
             f.flush()
 
         yield write

@@ -46,9 +46,8 @@ class Translation:
     text: str
     source: list[str]  # the source pieces the model read
     pieces: list[str]  # the translation's pieces
-    attention: torch.Tensor | None = (
-        None  # (T + 1, S + 1) pieces and EOS; None for an empty line or not asked
-    )
+    # (T + 1, S + 1): the translation's pieces and EOS over the source's; None for an empty line or not asked
+    attention: torch.Tensor | None = None
 
 
 @dataclass
@@ -234,7 +233,7 @@ def score_ids(
 
     def run(chunk: list[int]) -> list[tuple[list[float], float]]:
         batch = make_batch([src_ids[i] for i in chunk], [tgt_ids[i] for i in chunk]).to(model.device)
-        pieces, total = force(model, batch)  # (B, T), (B,)
+        pieces, total, _ = force(model, batch)  # (B, T), (B,)
         return [(row[: len(tgt_ids[i]) + 1], s) for i, row, s in zip(chunk, pieces.tolist(), total.tolist())]
 
     for chunk, scores in zip(batches, side_by_side(model, run, batches, bar)):
