@@ -185,7 +185,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from nmt.metrics import corpus_scores
+    from nmt.metrics import corpus_scores, language_of
     from nmt.textio import read_lines, write_lines, write_text
 
     src, ref = list(read_lines(args.src)), list(read_lines(args.ref))
@@ -195,9 +195,12 @@ def cmd_evaluate(args) -> None:
     hyps = translator.translate(src)
     if args.output:
         write_lines(args.output, hyps)
-    scores = corpus_scores(hyps, ref)
+    scores = corpus_scores(hyps, ref, args.lang or language_of(args.ref))
     print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
     print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    if "bleu_published" in scores:
+        published = f"BLEU (published style) = {scores['bleu_published']:.2f}"
+        print(f"{published}  {scores['bleu_published_signature']}  (not comparable with the BLEU above)")
     if args.json:
         record = {
             "model": [str(m) for m in args.model],
@@ -426,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(p)
     p.add_argument("--src", required=True)
     p.add_argument("--ref", required=True)
+    p.add_argument(
+        "--lang",
+        default=None,
+        help="the references' language, for the published-style BLEU (lowercased, Moses-normalised and "
+        "-tokenized, as Multi30k papers report); default: the --ref file name's ending (.de, .de.gz); "
+        "with neither, that score is left out",
+    )
     p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
     p.add_argument("-o", "--output", default=None, help="also write the translations to this file")
     p.set_defaults(run=cmd_evaluate)

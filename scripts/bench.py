@@ -3,10 +3,13 @@ sets.
 
     python scripts/bench.py [en-de de-en en-fr en-cs] [--reuse] [--out results]
 
-For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory).
-The length penalty is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and
-`nmt evaluate` translates every test set of the config with it as a whole process (so the speed column is what
-a user gets) and scores it with sacreBLEU. The test sets are never used for a choice. Writes
+For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory),
+once per seed of `SEEDS` (a seed other than the config's trains into `<run_dir>-seed<N>`). The length penalty
+is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and `nmt evaluate`
+translates every test set of the config with it as a whole process (so the speed column is what a user gets)
+and scores it with sacreBLEU: detokenized BLEU and chrF, and BLEU in the published style of Multi30k papers
+(lowercased, Moses-tokenized). A direction with several seeds also gets the ensemble of its runs, reported
+beside the single models. The test sets are never used for a choice. Writes
 `<out>/bench.json`, `<out>/bench.md` (a Markdown table) and `<out>/valid_bleu.png` (validation BLEU against
 training minutes, every run). Directions not benchmarked this time keep their earlier rows, so
 `make bench BENCH=en-de` refreshes one direction only.
@@ -32,6 +35,7 @@ from nmt.plot import read_metrics  # noqa: E402
 from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
+SEEDS = {"en-de": (1, 2)}  # the run-to-run spread of the default config; other directions: the config's seed
 BEAM = 5
 LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)  # GNMT alpha, chosen on the validation set
 
@@ -45,15 +49,15 @@ def records(run_dir: Path) -> list[dict]:
     return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
-def finished(run_dir: Path, config: Path) -> bool:
-    """A finished run (a `done` record and a model) whose saved config is the one given (vocabulary and output
-    layer sizes and decoding settings aside)."""
+def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
+    """A finished run (a `done` record and a model) whose saved config is the one given with its `overrides`
+    (vocabulary and output layer sizes and decoding settings aside)."""
     saved = run_dir / "config.yaml"
     if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
         return False
     if not any(r["type"] == "done" for r in records(run_dir)):
         return False
-    ours, theirs = load_config(config).to_dict(), load_config(saved).to_dict()
+    ours, theirs = load_config(config, overrides).to_dict(), load_config(saved).to_dict()
     if not theirs["model"][
         "out_vocab_size"
     ]:  # a run from before `output_vocab` had an output layer over all pieces
@@ -68,14 +72,18 @@ def finished(run_dir: Path, config: Path) -> bool:
     return ours == theirs
 
 
-def evaluate(model: Path, src: Path, ref: Path, alpha: float, json_path: Path) -> tuple[dict, float]:
+def evaluate(
+    models: list[Path], src: Path, ref: Path, alpha: float, json_path: Path, lang: str
+) -> tuple[dict, float]:
     """`nmt evaluate` as a whole process, beam 5: its scores and its wall-clock seconds."""
     start = time.perf_counter()
     nmt(
         "-q",
         "evaluate",
         "-m",
-        str(model),
+        *map(str, models),
+        "--lang",
+        lang,
         "--beam",
         str(BEAM),
         "--length-penalty",
@@ -93,71 +101,111 @@ def evaluate(model: Path, src: Path, ref: Path, alpha: float, json_path: Path) -
     return result, seconds
 
 
-def choose_length_penalty(model: Path, cfg, out: Path) -> tuple[float, dict[str, float]]:
+def choose_length_penalty(models: list[Path], cfg, out: Path) -> tuple[float, dict[str, float]]:
     """The length penalty with the best validation BLEU (the smallest of equals), and every one's BLEU."""
     valid = [corpus_file(str(ROOT / cfg.data.valid), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang)]
+    lang = cfg.data.tgt_lang
     bleu = {
-        alpha: evaluate(model, *valid, alpha, out / "valid.json")[0]["bleu"] for alpha in LENGTH_PENALTIES
+        alpha: evaluate(models, *valid, alpha, out / "valid.json", lang)[0]["bleu"]
+        for alpha in LENGTH_PENALTIES
     }
     best = max(LENGTH_PENALTIES, key=lambda alpha: (bleu[alpha], -alpha))
     print(f"validation BLEU by length penalty: {bleu}; chosen {best}", flush=True)
     return best, {str(alpha): b for alpha, b in bleu.items()}
 
 
-def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
+def run_dir_for(cfg, seed: int) -> Path:
+    """The config's run directory for its own seed, `<run_dir>-seed<N>` for another."""
+    run_dir = ROOT / cfg.train.run_dir
+    return run_dir if seed == cfg.train.seed else run_dir.with_name(f"{run_dir.name}-seed{seed}")
+
+
+def train_run(direction: str, seed: int, reuse: bool) -> Path:
+    """The run directory of `direction` trained with `seed`: trained now, or a finished run reused."""
     config = ROOT / "configs" / f"{direction}.yaml"
     cfg = load_config(config)
-    run_dir = ROOT / cfg.train.run_dir
-    if reuse and finished(run_dir, config):
-        print(f"{direction}: reusing the finished run in {run_dir}", flush=True)
+    run_dir = run_dir_for(cfg, seed)
+    overrides = [] if seed == cfg.train.seed else [f"--train.seed={seed}", f"--train.run_dir={run_dir}"]
+    if reuse and finished(run_dir, config, overrides):
+        print(f"{direction} (seed {seed}): reusing the finished run in {run_dir}", flush=True)
     else:
-        nmt("train", str(config))
-    done = next(r for r in records(run_dir) if r["type"] == "done")
-    model = run_dir / "best.safetensors"
-    alpha, valid_bleu = choose_length_penalty(model, cfg, out)
+        nmt("train", str(config), *overrides)
+    return run_dir
+
+
+def bench_models(direction: str, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
+    """The rows of one model (one run dir) or ensemble (several) on the direction's test sets."""
+    cfg = load_config(ROOT / "configs" / f"{direction}.yaml")
+    models = [run_dir / "best.safetensors" for run_dir in run_dirs]
+    done = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
+    alpha, valid_bleu = choose_length_penalty(models, cfg, out)
     rows = []
     for prefix in cfg.data.test:
         src, ref = (corpus_file(str(ROOT / prefix), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang))
-        result, seconds = evaluate(model, src, ref, alpha, out / f"{direction}.{Path(prefix).name}.json")
-        n = count_lines(src)
+        json_path = out / f"{direction}.{Path(prefix).name}.json"
+        result, seconds = evaluate(models, src, ref, alpha, json_path, cfg.data.tgt_lang)
         rows.append(
             {
                 "direction": direction,
+                "seed": label,
                 "test_set": Path(prefix).name,
                 "bleu": result["bleu"],
+                "bleu_published": result["bleu_published"],
                 "chrf": result["chrf"],
                 "signature": result["bleu_signature"],
-                "minutes": done["minutes"],
-                "steps": done["step"],
-                "parameters": done["parameters"],
-                "translate_sent_per_s": round(n / seconds, 1),
+                "published_signature": result["bleu_published_signature"],
+                "minutes": sum(d["minutes"] for d in done),
+                "steps": sum(d["step"] for d in done),
+                "parameters": sum(d["parameters"] for d in done),
+                "translate_sent_per_s": round(count_lines(src) / seconds, 1),
                 "length_penalty": alpha,
                 "valid_bleu_by_length_penalty": valid_bleu,
-                "best_valid_bleu": done["best_valid_bleu"],
-                "curve": [(r["minutes"], r["valid_bleu"]) for r in records(run_dir) if r["type"] == "valid"],
+                "best_valid_bleu": max(d["best_valid_bleu"] for d in done),
+                "curve": [
+                    (r["minutes"], r["valid_bleu"]) for r in records(run_dirs[0]) if r["type"] == "valid"
+                ],
             }
         )
     return rows
 
 
+def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
+    """Each seed's model, then (with several seeds) their ensemble, beside them."""
+    seeds = SEEDS.get(direction, (load_config(ROOT / "configs" / f"{direction}.yaml").train.seed,))
+    run_dirs = [train_run(direction, seed, reuse) for seed in seeds]
+    rows = [row for seed, d in zip(seeds, run_dirs) for row in bench_models(direction, str(seed), [d], out)]
+    if len(run_dirs) > 1:
+        rows += bench_models(direction, "+".join(map(str, seeds)) + " (ensemble)", run_dirs, out)
+    return rows
+
+
 def write_table(rows: list[dict], path: Path) -> None:
     lines = [
-        "| direction | test set | BLEU | chrF2 | length penalty (chosen on val) | training minutes "
-        "| steps | parameters "
+        "| direction | seed | test set | BLEU | BLEU, published style | chrF2 "
+        "| length penalty (chosen on val) | training minutes | steps | parameters "
         "| translate (beam 5), sentences/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        published = f"{r['bleu_published']:.2f}" if "bleu_published" in r else "–"
         lines.append(
-            f"| {r['direction']} | {r['test_set']} | {r['bleu']:.2f} | {r['chrf']:.2f} "
-            f"| {r['length_penalty']:g} "
-            f"| {r['minutes']:.1f} | {r['steps']:,} | {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |"
+            f"| {r['direction']} | {r.get('seed', '1')} | {r['test_set']} | {r['bleu']:.2f} | {published} "
+            f"| {r['chrf']:.2f} | {r['length_penalty']:g} | {r['minutes']:.1f} | {r['steps']:,} "
+            f"| {r['parameters']:,} | {r['translate_sent_per_s']:.0f} |"
         )
     signatures = sorted({r["signature"] for r in rows})
+    published = sorted(
+        {r["published_signature"].split("|", 1)[1] for r in rows if "published_signature" in r}
+    )
     lines += [
         "",
-        "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures),
-        "Beam 5, cased, detokenized. Whole-process translation speed: start-up and model load included.",
+        "BLEU: sacreBLEU, cased and detokenized, signature " + "; ".join(f"`{s}`" for s in signatures) + ".",
+        "BLEU, published style: as Multi30k papers report it, a different scale: hypotheses and references "
+        "lowercased, Moses-normalised and Moses-tokenized (sacremoses, perl parity: it reproduces the "
+        "dataset's tok/ references), then sacreBLEU with no tokenization of its own, signature "
+        + "; ".join(f"`lc+moses-norm+moses-tok:LANG|{s}`" for s in published)
+        + ". Beam 5. Whole-process translation speed: start-up and model load included. "
+        "An ensemble's minutes, steps and parameters are its runs' sums.",
     ]
     write_text(path, "\n".join(lines) + "\n")
 
@@ -209,7 +257,9 @@ def main() -> None:
     earlier = json.loads(table.read_text(encoding="utf-8")) if table.is_file() else []
     fresh = [row for d in args.directions for row in bench_direction(d, args.reuse, args.out)]
     rows = [r for r in earlier if r["direction"] not in args.directions] + fresh
-    rows.sort(key=lambda r: (DIRECTIONS.index(r["direction"]), r["test_set"]))
+    rows.sort(
+        key=lambda r: (DIRECTIONS.index(r["direction"]), "ensemble" in r.get("seed", ""), r["test_set"])
+    )
     write_text(table, json.dumps(rows, indent=1) + "\n")
     write_table(rows, args.out / "bench.md")
     plot(rows, args.out / "valid_bleu.png")

@@ -42,9 +42,12 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert bench.finished(run, path)  # precision `auto` was recorded resolved; still the same config
+    assert not bench.finished(run, path, ["--train.seed=2"])  # another seed is another run
+    cfg = bench.load_config(path)
+    assert bench.run_dir_for(cfg, 1) == run and bench.run_dir_for(cfg, 2) == run.with_name("run-seed2")
 
     # The length penalty is the one with the best validation BLEU, each scored by a real `nmt evaluate`.
-    alpha, bleu = bench.choose_length_penalty(run / "best.safetensors", bench.load_config(path), tmp_path)
+    alpha, bleu = bench.choose_length_penalty([run / "best.safetensors"], bench.load_config(path), tmp_path)
     assert list(bleu) == [str(a) for a in bench.LENGTH_PENALTIES]
     assert bleu[str(alpha)] == max(bleu.values()) and all(
         a >= alpha for a in bench.LENGTH_PENALTIES if bleu[str(a)] == bleu[str(alpha)]
@@ -84,12 +87,20 @@ def test_table_and_plot(tmp_path):
             ("de-en", "test_2016_flickr", 41.0),
         ]
     ]
+    rows[0] |= {
+        "seed": "1",
+        "bleu_published": 38.6,
+        "published_signature": "lc+moses-norm+moses-tok:de|nrefs:1|case:lc",
+    }
+    rows[1] |= {"seed": "2"}
     bench.write_table(rows, tmp_path / "bench.md")
     lines = (tmp_path / "bench.md").read_text().splitlines()
-    assert lines[2].startswith("| en-de | test_2016_flickr | 38.10 | 60.00 | 0.6 |") and lines[4].startswith(
-        "| de-en |"
+    assert lines[2].startswith("| en-de | 1 | test_2016_flickr | 38.10 | 38.60 | 60.00 | 0.6 |")
+    assert lines[3].startswith("| en-de | 2 | test_2017_flickr | 30.00 | – |")  # a row from before the column
+    assert lines[4].startswith("| de-en | 1 |")
+    assert (
+        "`nrefs:1|case:mixed`" in lines[-2] and "`lc+moses-norm+moses-tok:LANG|nrefs:1|case:lc`" in lines[-1]
     )
-    assert "`nrefs:1|case:mixed`" in lines[-2]
     bench.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
+
+from nmt.metrics import published_bleu
 
 from conftest import nmt
 
@@ -136,7 +139,11 @@ def test_evaluate_prints_scores_with_signature(trained, tmp_path):
         and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
     )
     assert "chrF2 = " in result.stdout
+    assert "BLEU (published style) = " in result.stdout and "lc+moses-norm+moses-tok:de|" in result.stdout
     scores = json.loads((tmp_path / "s.json").read_text())
+    hyps = nmt("translate", "-m", str(trained["model"]), "-i", f"{test}.en", "--beam", "3", cwd=tmp_path)
+    refs = Path(f"{test}.de").read_text(encoding="utf-8").splitlines()
+    assert scores["bleu_published"] == published_bleu(hyps.stdout.splitlines(), refs, "de")["bleu_published"]
     assert 0 <= scores["bleu"] <= 100 and 0 <= scores["chrf"] <= 100 and scores["beam"] == 3
     # The test score the training run logged, with the same beam, is the same number.
     logged = [json.loads(line) for line in (trained["run"] / "metrics.jsonl").read_text().splitlines()]
