@@ -54,6 +54,12 @@ class DataConfig:
     spm_sentences: int = (
         200_000  # SentencePiece learns from a sample of this many (bounded memory on large corpora)
     )
+    # Subword regularisation: every training batch is segmented anew by SentencePiece sampling (unigram:
+    # alpha is the smoothing, a smaller one samples more widely; bpe: BPE-dropout's probability); 0: the one
+    # best segmentation, as cached. `sampling_sides`: the source only, or both (a sampled target with a piece
+    # outside the output layer keeps its best segmentation).
+    sampling_alpha: float = 0.0
+    sampling_sides: Literal["src", "both"] = "both"
 
 
 @dataclass
@@ -91,7 +97,9 @@ class TrainConfig:
     accumulate: int = 1  # batches per step and process: a step learns from world size × accumulate batches
     lr: float = 1e-3
     warmup_steps: int = 0
-    lr_decay: Literal["none", "plateau", "inverse_sqrt"] = "plateau"
+    # plateau: cut when validation BLEU stalls; linear, cosine: down to min_lr over the budget (the larger of
+    # the fractions of max_steps and of time_budget_min used so far)
+    lr_decay: Literal["none", "plateau", "inverse_sqrt", "linear", "cosine"] = "plateau"
     plateau_patience: int = 3  # validations without improvement before the learning rate is cut
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
@@ -106,6 +114,9 @@ class TrainConfig:
     valid_beam: int = 1  # 1: greedy
     patience: int = 10  # validations without a better BLEU before stopping; 0: never stop early
     keep_last: int = 0  # keep the model of each of the last N validations (step-N.safetensors), for averaging
+    # at the end, validate the mean of the last N validations' models too (kept as step-N.safetensors); it
+    # becomes best.safetensors when its validation BLEU is higher. 0: no averaging
+    average_last: int = 0
     log_every: int = 100
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default
@@ -208,6 +219,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("data.max_len", cfg.data.max_len >= 1, "must be positive"),
         ("data.spm_sentences", cfg.data.spm_sentences >= 1, "must be positive"),
         ("data.num_proc", cfg.data.num_proc >= 1, "must be positive"),
+        ("data.sampling_alpha", 0 <= cfg.data.sampling_alpha < 1, "must be in [0, 1) (0: no sampling)"),
         ("data.tgt_lang", cfg.data.src_lang != cfg.data.tgt_lang, "must differ from data.src_lang"),
         ("model.emb_size", cfg.model.emb_size >= 1, "must be positive"),
         ("model.enc_hidden", cfg.model.enc_hidden >= 1, "must be positive"),
@@ -222,6 +234,14 @@ def _validate(cfg: Config, where: str) -> None:
         ("train.accumulate", cfg.train.accumulate >= 1, "must be positive"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),
         ("train.warmup_steps", cfg.train.warmup_steps >= 0, "must not be negative"),
+        (
+            "train.lr_decay",
+            cfg.train.lr_decay not in ("linear", "cosine")
+            or cfg.train.max_steps
+            or cfg.train.time_budget_min,
+            f"is {cfg.train.lr_decay}, which decays over the budget: "
+            "it needs train.max_steps or train.time_budget_min",
+        ),
         ("train.plateau_patience", cfg.train.plateau_patience >= 1, "must be positive"),
         ("train.plateau_factor", 0 < cfg.train.plateau_factor < 1, "must be in (0, 1)"),
         ("train.min_lr", cfg.train.min_lr >= 0, "must not be negative"),
@@ -234,6 +254,8 @@ def _validate(cfg: Config, where: str) -> None:
         ("train.valid_beam", cfg.train.valid_beam >= 1, "must be positive"),
         ("train.patience", cfg.train.patience >= 0, "must not be negative"),
         ("train.keep_last", cfg.train.keep_last >= 0, "must not be negative"),
+        ("train.average_last", cfg.train.average_last != 1, "must be 0 (off) or at least 2"),
+        ("train.average_last", cfg.train.average_last >= 0, "must not be negative"),
         ("train.log_every", cfg.train.log_every >= 1, "must be positive"),
         ("train.threads", cfg.train.threads >= 0, "must not be negative"),
         ("decode.beam", cfg.decode.beam >= 1, "must be positive"),

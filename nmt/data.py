@@ -154,21 +154,25 @@ def split_name(cfg: DataConfig, split: str) -> str:
     return split if cfg.dataset is not None else Path(split).name
 
 
-def _encoded_key(text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean: bool) -> str:
+def _encoded_key(
+    text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean: bool, keep_text: bool
+) -> str:
     digest = hashlib.sha256()
-    for part in (text._fingerprint, tok.src_proto, tok.tgt_proto, f"{clean}/{cfg.max_len}"):
+    parts = [text._fingerprint, tok.src_proto, tok.tgt_proto, f"{clean}/{cfg.max_len}"]
+    for part in parts + (["text"] if keep_text else []):
         digest.update(part if isinstance(part, bytes) else str(part).encode())
     return digest.hexdigest()[:24]
 
 
 def encode(
-    cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str
+    cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str, keep_text: bool = False
 ) -> datasets.Dataset:
-    """Columns `src_ids`, `tgt_ids` (no BOS/EOS), `src_len`, `tgt_len`; cached on disk as Arrow.
+    """Columns `src_ids`, `tgt_ids` (no BOS/EOS), `src_len`, `tgt_len`, and with `keep_text` the text's `src`
+    and `tgt` (for subword sampling); cached on disk as Arrow.
 
     With `clean`, pairs with an empty side or more than `max_len` pieces on either side are dropped.
     """
-    key = _encoded_key(text, tok, cfg, clean)
+    key = _encoded_key(text, tok, cfg, clean, keep_text)
     path = Path(cfg.cache_dir) / "encoded" / key
     if path.is_dir():
         log.info("%s: encoded corpus from cache %s", name, path)
@@ -190,7 +194,7 @@ def encode(
         encode_batch,
         batched=True,
         batch_size=2000,
-        remove_columns=text.column_names,
+        remove_columns=[] if keep_text else text.column_names,
         new_fingerprint=key,
         num_proc=workers,
     )
@@ -274,3 +278,17 @@ def target_pieces(ds: datasets.Dataset) -> torch.Tensor:
 def collate(ds: datasets.Dataset, indices: np.ndarray) -> Batch:
     rows = ds[indices.tolist()]
     return make_batch(rows["src_ids"], rows["tgt_ids"])
+
+
+def collate_sampled(
+    ds: datasets.Dataset, indices: np.ndarray, tok: Tokenizer, cfg: DataConfig, in_layer: np.ndarray | None
+) -> Batch:
+    """A batch segmented anew by sampling (`cfg.sampling_alpha`, `cfg.sampling_sides`) from the text columns
+    (`encode(keep_text=True)`). A sampled target with a piece outside the output layer (`in_layer`: a bool per
+    target piece id; None: every piece is in it) keeps its cached best segmentation."""
+    rows = ds.select_columns(["src", "tgt", "tgt_ids"])[indices.tolist()]
+    src, tgt = tok.sample("src", rows["src"], cfg.sampling_alpha), rows["tgt_ids"]
+    if cfg.sampling_sides == "both":
+        sampled = tok.sample("tgt", rows["tgt"], cfg.sampling_alpha)
+        tgt = [s if in_layer is None or in_layer[s].all() else t for s, t in zip(sampled, tgt)]
+    return make_batch(src, tgt)

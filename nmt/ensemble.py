@@ -80,8 +80,15 @@ def load_models(
 
 def average_models(paths: list[str | Path], output: str | Path) -> None:
     """Write the element-wise mean of the weights of `paths` (same config and vocabulary) to `output`."""
+    model, tok = averaged(paths)
+    save_model(output, model, tok, {"averaged": [str(p) for p in paths]})
+
+
+def averaged(paths: list[str | Path], device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer]:
+    """One model whose weights are the element-wise mean of the models of `paths` (same config and
+    vocabulary), on `device`, and their tokenizer."""
     paths = [Path(p) for p in paths]
-    loaded = [load_model(p) for p in paths]
+    loaded = [load_model(p, device) for p in paths]
     _check_compatible(paths, [t for _, t, _ in loaded], [m for m, _, _ in loaded])
     first = loaded[0][0]
     for path, (model, _, _) in zip(paths[1:], loaded[1:]):
@@ -92,11 +99,11 @@ def average_models(paths: list[str | Path], output: str | Path) -> None:
     states = [m.state_dict() for m, _, _ in loaded]
     # Weights are averaged; integer buffers (the output layer's piece ids, equal in all) are taken as they
     # are.
-    averaged = {
+    mean = {
         name: torch.stack([s[name].float() for s in states]).mean(dim=0).to(t.dtype)
         if t.is_floating_point()
         else t
         for name, t in states[0].items()
     }
-    first.load_state_dict(averaged)
-    save_model(output, first, loaded[0][1], {"averaged": [str(p) for p in paths]})
+    first.load_state_dict(mean)
+    return first, loaded[0][1]

@@ -121,6 +121,13 @@ class Tokenizer:
     def encode_tgt(self, lines: list[str]) -> list[list[int]]:
         return self.tgt.encode(lines)
 
+    def sample(self, side: str, lines: list[str], alpha: float) -> list[list[int]]:
+        """`side` (src or tgt) segmented by sampling (unigram: smoothing `alpha`, over all segmentations;
+        bpe: dropout `alpha`), from SentencePiece's generator (`spm.set_random_generator_seed`). One thread:
+        with several, which sentence draws from which thread's generator varies, and so would the result."""
+        model = self.src if side == "src" else self.tgt
+        return model.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
+
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         return self.tgt.decode(ids)
 

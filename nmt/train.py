@@ -6,6 +6,8 @@
             (`train.init_from`), the tokenizer, output vocabulary and initial weights are the model file's;
   build     the model, optimizer and trainer state, from the checkpoint when resuming (`nmt.trainer.Trainer`);
   the loop  steps, validation, the best model, learning-rate cuts, early stopping, the time budget;
+  average   the mean of the last validations' models, the best model when it validates better
+            (`train.average_last`);
   finish    the best model translates and scores each test set.
 What a run writes is listed in `nmt.rundir`.
 """
@@ -49,6 +51,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         with run_files(run_dir, world.main, cfg.train.tensorboard) as metrics:
             trainer = build(cfg, resume, run_dir, metrics, start, world, world.device(device))
             trainer.loop()
+            trainer.average_last()
             finish(cfg, trainer)
     finally:
         torch.set_num_threads(threads)
@@ -114,7 +117,8 @@ def prepare(cfg: Config, run_dir: Path, world: World, resume: bool = False) -> P
     for split in cfg.data.test:
         data.load_text(cfg.data, split)
     tok = start.tok if start else tokenizer_for_run(cfg.data, run_dir, train_text, cfg.train.seed)
-    train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train")
+    sampling = cfg.data.sampling_alpha > 0
+    train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train", keep_text=sampling)
     valid_ds = data.encode(cfg.data, valid_text, tok, clean=False, name="valid")
     vocab = start.vocab if start else output_vocab(cfg.model.output_vocab, tok, train_ds)
     model_cfg = dataclasses.replace(
@@ -182,7 +186,7 @@ def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics: M
         text = data.load_text(cfg.data, split)
         hyps = translator.translate(list(text["src"]))
         write_lines(run_dir / f"{name}.{cfg.data.tgt_lang}.hyp", hyps)
-        scores = corpus_scores(hyps, list(text["tgt"]))
+        scores = corpus_scores(hyps, list(text["tgt"]), cfg.data.tgt_lang)
         log.info(
             "test %s (beam %d): %s  %s",
             name,
@@ -191,4 +195,10 @@ def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics: M
             scores["bleu_signature"],
         )
         log.info("test %s: chrF2 %.2f  %s", name, scores["chrf"], scores["chrf_signature"])
+        log.info(
+            "test %s: BLEU (published style) %.2f  %s",
+            name,
+            scores["bleu_published"],
+            scores["bleu_published_signature"],
+        )
         metrics.write({"type": "test", "split": name, "beam": cfg.decode.beam, **scores})

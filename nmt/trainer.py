@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import datasets
+import sentencepiece as spm
 import torch
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ from nmt.batch import Batch
 from nmt.checkpoint import VERSION, load_checkpoint, migrate, save_checkpoint, save_model
 from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
 from nmt.distributed import World
+from nmt.ensemble import averaged
 from nmt.metrics import bleu
 from nmt.model import Seq2Seq
 from nmt.plot import plot_runs
@@ -53,13 +55,29 @@ class Progress:
     elapsed: float = 0.0  # seconds of training before this process
 
 
-def learning_rate(step: int, cfg: TrainConfig, scale: float) -> float:
-    """Linear warm-up over `warmup_steps`, then constant or 1/sqrt decay, times the plateau scale."""
+def learning_rate(step: int, cfg: TrainConfig, scale: float, used: float = 0.0) -> float:
+    """Linear warm-up over `warmup_steps`, then constant, 1/sqrt decay, or linear or cosine decay by `used`,
+    the fraction of the budget used (`budget_used`), times the plateau scale; never under `min_lr` after
+    the warm-up."""
     warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     decay = 1.0
     if cfg.lr_decay == "inverse_sqrt" and step > max(cfg.warmup_steps, 1):
         decay = math.sqrt(max(cfg.warmup_steps, 1) / step)
+    elif cfg.lr_decay == "linear":
+        decay = 1.0 - used
+    elif cfg.lr_decay == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * used))
     return max(cfg.lr * warm * decay * scale, cfg.min_lr if step >= cfg.warmup_steps else 0.0)
+
+
+def budget_used(t: TrainConfig, step: int, seconds: float) -> float:
+    """The fraction of the training budget used after `step` steps and `seconds` of training: the larger of
+    the step and the time fractions, in [0, 1]. With a time budget it follows the clock, so a resumed run
+    repeats an uninterrupted one only where `max_steps` is the budget that binds."""
+    fractions = [step / t.max_steps if t.max_steps else 0.0]
+    if t.time_budget_min:
+        fractions.append(seconds / (t.time_budget_min * 60))
+    return min(1.0, max(fractions))
 
 
 def over_budget(t: TrainConfig, progress: Progress, seconds: float, longest_validation: float) -> bool:
@@ -173,6 +191,7 @@ class Trainer:
             self.model.load_state_dict(prepared.init_weights)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
         self.progress = Progress()
+        self.in_layer = prepared.vocab.in_layer(prepared.tok.tgt_vocab_size)  # for subword sampling
         if resume:
             self.restore(load_checkpoint(run_dir / CHECKPOINT))
         if world.size > 1:
@@ -216,7 +235,9 @@ class Trainer:
 
     def should_stop(self) -> bool:
         """Rank 0's clock decides for all."""
-        stop = over_budget(self.t, self.progress, self.elapsed(), max(self.validation_seconds, default=0.0))
+        to_come = 2 if self.t.average_last else 1  # the last validation, and the average's
+        longest = max(self.validation_seconds, default=0.0)
+        stop = over_budget(self.t, self.progress, self.elapsed(), longest * to_come)
         return bool(self.world.broadcast(stop))
 
     def validate(self) -> dict[str, Any]:
@@ -260,7 +281,7 @@ class Trainer:
                     t.plateau_patience,
                     t.plateau_factor,
                 )
-        if t.keep_last:
+        if max(t.keep_last, t.average_last):
             self.keep_snapshot(scores)
         self.metrics.write(
             {
@@ -290,20 +311,48 @@ class Trainer:
         save_model(
             self.run_dir / f"step-{step}.safetensors", self.model, self.prepared.tok, {"step": step, **scores}
         )
-        snapshots = sorted(self.run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
-        for old in snapshots[: -self.t.keep_last]:
+        for old in self.snapshots()[: -max(self.t.keep_last, self.t.average_last)]:
             old.unlink()
+
+    def snapshots(self) -> list[Path]:
+        """The kept validation models, oldest first."""
+        return sorted(self.run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def average_last(self) -> None:
+        """Rank 0 validates the mean of the last `average_last` validations' models; it becomes the best model
+        when its validation BLEU is higher. The trainer's own weights are left as they were."""
+        paths = self.snapshots()[-self.t.average_last :]
+        if not (self.world.main and self.t.average_last and len(paths) >= 2):
+            return
+        own = {name: t.clone() for name, t in self.model.state_dict().items()}
+        mean, _ = averaged(paths, self.model.device)
+        self.model.load_state_dict(mean.state_dict())
+        scores = self.validate()
+        p, steps = self.progress, [int(path.stem.split("-")[1]) for path in paths]
+        improved = scores["valid_bleu"] > p.best_bleu
+        if improved:
+            p.best_bleu = scores["valid_bleu"]
+            info = {"step": p.step, "averaged_steps": steps, **scores}
+            save_model(self.run_dir / BEST, self.model, self.prepared.tok, info)
+        minutes = round(self.elapsed() / 60, 2)
+        record = {"type": "average", "step": p.step, "steps": steps, "minutes": minutes, **scores}
+        self.metrics.write(record | {"best": improved})
+        log.info(
+            "average of the models of steps %s: validation loss %.4f BLEU %.2f%s",
+            ", ".join(map(str, steps)),
+            scores["valid_loss"],
+            scores["valid_bleu"],
+            " (best)" if improved else "",
+        )
+        self.model.load_state_dict(own)
 
     def take_step(self, step_batches: list, tgt_lens) -> None:
         """One optimizer step over the step's batches (every rank knows them all: it takes every
         world-size-th, and counts all tokens)."""
         world, p = self.world, self.progress
         n_tokens = sum(int(tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
-        device = self.model.device
-        mine = [
-            data.collate(self.prepared.train_ds, b).to(device) for b in step_batches[world.rank :: world.size]
-        ]
-        lr = learning_rate(p.step + 1, self.t, p.lr_scale)
+        mine = [self.batch(b) for b in step_batches[world.rank :: world.size]]
+        lr = learning_rate(p.step + 1, self.t, p.lr_scale, budget_used(self.t, p.step, self.elapsed()))
         self.window.loss += train_step(
             self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision, world.size
         )
@@ -312,6 +361,17 @@ class Trainer:
         p.position += 1
         if p.step % self.t.log_every == 0:
             self.log_window(lr)
+
+    def batch(self, indices) -> Batch:
+        """The training batch of these pairs, on the model's device: from the cached ids, or with subword
+        sampling segmented anew, by a generator seeded with the run's seed, the step and the rank (so a
+        resumed run samples as an uninterrupted one)."""
+        ds, cfg = self.prepared.train_ds, self.prepared.data_cfg
+        if not cfg.sampling_alpha:
+            return data.collate(ds, indices).to(self.model.device)
+        spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.step * 1_009 + self.world.rank)
+        batch = data.collate_sampled(ds, indices, self.prepared.tok, cfg, self.in_layer)
+        return batch.to(self.model.device)
 
     def log_window(self, lr: float) -> None:
         p, w = self.progress, self.window

@@ -9,6 +9,7 @@ pieces) and ensembles (members must have equal ones) use.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,6 +70,14 @@ class OutputVocab(nn.Module):
     def select(self, table: torch.Tensor) -> torch.Tensor:
         """A (V, ...) table's rows of the vocabulary's pieces: (V_out, ...)."""
         return table if self.pieces is None else table.index_select(0, self.pieces)
+
+    def in_layer(self, size: int) -> np.ndarray | None:
+        """(size,) bool: whether each piece id has a row; None when every piece has one."""
+        if self.pieces is None:
+            return None
+        mask = np.zeros(size, dtype=bool)
+        mask[self.pieces.cpu().numpy()] = True
+        return mask
 
     def same_as(self, other: "OutputVocab") -> bool:
         if self.size != other.size or (self.pieces is None) != (other.pieces is None):

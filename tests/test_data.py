@@ -157,3 +157,47 @@ def test_token_batches_cover_every_sentence_within_budget():
     assert any(len(a) != len(b) or (a != b).any() for a, b in zip(batches, other))
     # A sentence over the budget still gets a batch of its own.
     assert [len(b) for b in data.token_batches(np.array([500]), np.array([3]), 100, None)] == [1]
+
+
+def test_sampled_batches_keep_the_text_and_the_output_layer(tmp_path, tokenizer):
+    """Subword sampling: new segmentations of the same text, reproducible from the seed; a sampled target with
+    a piece outside the output layer keeps its best segmentation."""
+    import sentencepiece as spm
+
+    prefix = toy_corpus(tmp_path / "toy", "train", 60, seed=5)
+    text = data.load_parallel_files(prefix, "en", "de", str(tmp_path / "cache"))
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), sampling_alpha=0.1)
+    ds = data.encode(cfg, text, tokenizer, clean=True, name="train", keep_text=True)
+    indices = np.arange(len(ds))
+    best = data.collate(ds, indices)
+
+    def sampled(in_layer):
+        spm.set_random_generator_seed(7)
+        return data.collate_sampled(ds, indices, tokenizer, cfg, in_layer)
+
+    every = sampled(None)
+    assert torch.equal(every.src, sampled(None).src)  # the same seed, the same segmentation
+    assert not torch.equal(every.src, best.src) and not torch.equal(every.tgt_out, best.tgt_out)
+
+    def texts(ids: torch.Tensor) -> list[str]:
+        return tokenizer.decode_tgt([[i for i in row if i > 3] for row in ids.tolist()])  # no specials
+
+    assert texts(every.src) == texts(best.src) and texts(every.tgt_out) == texts(best.tgt_out)
+    # An output layer without a piece that a sampled target has and its best segmentation lacks: that target
+    # keeps its best segmentation, and the others that do not need the piece stay sampled.
+    every_rows = [[i for i in r if i != data.PAD][:-1] for r in every.tgt_out.tolist()]  # EOS off
+    k, piece = next(
+        (k, min(set(r) - set(t)))
+        for k, (r, t) in enumerate(zip(every_rows, ds["tgt_ids"]))
+        if set(r) - set(t)
+    )
+    in_layer = np.ones(tokenizer.tgt_vocab_size, dtype=bool)
+    in_layer[piece] = False
+    narrow = sampled(in_layer)
+    rows = [[i for i in r if i != data.PAD][:-1] for r in narrow.tgt_out.tolist()]
+    assert rows[k] == ds[k]["tgt_ids"] and all(in_layer[r].all() for r in rows)
+    assert any(r == e != t for r, e, t in zip(rows, every_rows, ds["tgt_ids"]))  # sampled ones stay sampled
+    sources = data.collate_sampled(
+        ds, indices, tokenizer, DataConfig(sampling_alpha=0.1, sampling_sides="src"), None
+    )
+    assert torch.equal(sources.tgt_out, best.tgt_out) and not torch.equal(sources.src, best.src)

@@ -214,6 +214,8 @@ def _assert_config_invariants(cfg: Config) -> None:
     assert t.lr > 0 and dec.max_len_ratio > 0, (t.lr, dec.max_len_ratio)
     assert 0 < t.plateau_factor < 1, t.plateau_factor
     assert d.src_lang != d.tgt_lang, d.src_lang
+    assert t.average_last == 0 or t.average_last >= 2, t.average_last
+    assert t.lr_decay not in ("linear", "cosine") or t.max_steps or t.time_budget_min, t.lr_decay
     assert (d.src_column is None) == (d.tgt_column is None), (d.src_column, d.tgt_column)
 
 

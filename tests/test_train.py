@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
+from nmt.checkpoint import load_model
 from nmt.config import TrainConfig, config_from_dict
+from nmt.ensemble import averaged
+from nmt.errors import NMTError
 from nmt.train import train
-from nmt.trainer import Progress, learning_rate, over_budget
+from nmt.trainer import Progress, budget_used, learning_rate, over_budget
 
 from conftest import toy_corpus
 
@@ -22,6 +27,27 @@ def test_learning_rate_schedule():
     assert learning_rate(5000, warm, 1e-6) == pytest.approx(1e-5)  # never below min_lr after warm-up
     inv = TrainConfig(lr=1e-3, warmup_steps=100, lr_decay="inverse_sqrt", min_lr=0.0)
     assert learning_rate(400, inv, 1.0) == pytest.approx(5e-4)  # sqrt(100 / 400)
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_decay_over_the_budget(decay):
+    t = TrainConfig(lr=1e-3, warmup_steps=0, lr_decay=decay, min_lr=1e-5, max_steps=1000, time_budget_min=10)
+    rates = [learning_rate(s, t, 1.0, budget_used(t, s, 0.0)) for s in range(0, 1001, 50)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(
+        1e-5
+    )  # full at the start, floor at the end
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(500, t, 1.0, 0.5) == pytest.approx(5e-4)  # half way: both shapes are at half
+    # the budget that binds: steps or the clock, whichever is further along
+    assert budget_used(t, 100, 300.0) == pytest.approx(0.5) and budget_used(t, 800, 300.0) == pytest.approx(
+        0.8
+    )
+    assert budget_used(t, 2000, 0.0) == 1.0
+    with pytest.raises(
+        NMTError,
+        match="x: train.lr_decay is .*, which decays over the budget: it needs train.max_steps or",
+    ):
+        config_from_dict({"train": {"lr_decay": decay, "time_budget_min": 0}}, "x")
 
 
 def toy_config(tmp_path, **sections):
@@ -67,6 +93,26 @@ def test_early_stopping_after_patience_and_keep_last(tmp_path):
         "step-4.safetensors",
         "step-6.safetensors",
     ]
+
+
+def test_average_of_the_last_validations(tmp_path):
+    cfg = toy_config(tmp_path, train={"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3})
+    train(cfg)
+    run, logged = tmp_path / "run", records(tmp_path)
+    valid = [r for r in logged if r["type"] == "valid"]
+    average = next(r for r in logged if r["type"] == "average")
+    assert average["steps"] == [r["step"] for r in valid[-3:]] == [6, 9, 12]
+    assert sorted(p.name for p in run.glob("step-*")) == [f"step-{s}.safetensors" for s in (12, 6, 9)]
+    # The best model is whichever validated best, the average included; the test sets are scored with it.
+    done = next(r for r in logged if r["type"] == "done")
+    assert done["best_valid_bleu"] == max([r["valid_bleu"] for r in valid] + [average["valid_bleu"]])
+    best, _, info = load_model(run / "best.safetensors")
+    if average["best"]:
+        mean, _ = averaged([run / f"step-{s}.safetensors" for s in (6, 9, 12)])
+        assert info["averaged_steps"] == [6, 9, 12] and info["valid_bleu"] == average["valid_bleu"]
+        assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), mean.state_dict().values()))
+    else:
+        assert average["valid_bleu"] <= done["best_valid_bleu"] and "averaged_steps" not in info
 
 
 def test_over_budget():
@@ -149,3 +195,24 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
         expected = [(r["step"], r[key]) for r in logged if r["type"] == kind]
         assert [s for s, _ in scalars] == [s for s, _ in expected] and len(expected) >= 2
         assert [v for _, v in scalars] == pytest.approx([v for _, v in expected], rel=1e-6)
+
+
+def test_subword_sampling_trains_and_resumes_exactly(tmp_path):
+    """Each step's sampled segmentations come from the seed, the step and the rank: a run stopped and resumed
+    ends with the weights of the same run straight through."""
+    settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1}
+    sampling = {"sampling_alpha": 0.2}
+    straight = toy_config(tmp_path / "a", data=sampling, train=settings)
+    train(straight)
+    halves = toy_config(tmp_path / "b", data=sampling, train=settings | {"max_steps": 8})
+    train(halves)
+    train(dataclasses.replace(halves, train=dataclasses.replace(halves.train, max_steps=16)), resume=True)
+    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
+    assert a["progress"]["step"] == b["progress"]["step"] == 16
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # and sampling changed what was learnt: the same run on the best segmentation ends elsewhere
+    plain = toy_config(tmp_path / "c", train=settings)
+    train(plain)
+    c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
+    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
