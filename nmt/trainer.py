@@ -191,7 +191,7 @@ class Trainer:
             self.model.load_state_dict(prepared.init_weights)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
         self.progress = Progress()
-        self.in_layer = prepared.vocab.in_layer(prepared.tok.tgt_vocab_size)  # for subword sampling
+        self.in_layer = prepared.vocab.in_layer()  # for subword sampling
         if resume:
             self.restore(load_checkpoint(run_dir / CHECKPOINT))
         if world.size > 1:
@@ -316,7 +316,7 @@ class Trainer:
 
     def snapshots(self) -> list[Path]:
         """The kept validation models, oldest first."""
-        return sorted(self.run_dir.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+        return sorted(self.run_dir.glob("step-*.safetensors"), key=snapshot_step)
 
     def average_last(self) -> None:
         """Rank 0 validates the mean of the last `average_last` validations' models; it becomes the best model
@@ -328,7 +328,7 @@ class Trainer:
         mean, _ = averaged(paths, self.model.device)
         self.model.load_state_dict(mean.state_dict())
         scores = self.validate()
-        p, steps = self.progress, [int(path.stem.split("-")[1]) for path in paths]
+        p, steps = self.progress, [snapshot_step(path) for path in paths]
         improved = scores["valid_bleu"] > p.best_bleu
         if improved:
             p.best_bleu = scores["valid_bleu"]
@@ -450,6 +450,11 @@ class Trainer:
             self.run_dir / CHECKPOINT,
         )
         raise KeyboardInterrupt
+
+
+def snapshot_step(path: Path) -> int:
+    """The step of a validation's model file, step-N.safetensors."""
+    return int(path.stem.split("-")[1])
 
 
 @contextlib.contextmanager

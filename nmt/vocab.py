@@ -71,11 +71,11 @@ class OutputVocab(nn.Module):
         """A (V, ...) table's rows of the vocabulary's pieces: (V_out, ...)."""
         return table if self.pieces is None else table.index_select(0, self.pieces)
 
-    def in_layer(self, size: int) -> np.ndarray | None:
-        """(size,) bool: whether each piece id has a row; None when every piece has one."""
+    def in_layer(self) -> np.ndarray | None:
+        """(V,) bool: whether each piece id has a row; None when every piece has one."""
         if self.pieces is None:
             return None
-        mask = np.zeros(size, dtype=bool)
+        mask = np.zeros(self.size, dtype=bool)
         mask[self.pieces.cpu().numpy()] = True
         return mask
 

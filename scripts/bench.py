@@ -114,6 +114,10 @@ def choose_length_penalty(models: list[Path], cfg, out: Path) -> tuple[float, di
     return best, {str(alpha): b for alpha, b in bleu.items()}
 
 
+def config_path(direction: str) -> Path:
+    return ROOT / "configs" / f"{direction}.yaml"
+
+
 def run_dir_for(cfg, seed: int) -> Path:
     """The config's run directory for its own seed, `<run_dir>-seed<N>` for another."""
     run_dir = ROOT / cfg.train.run_dir
@@ -122,7 +126,7 @@ def run_dir_for(cfg, seed: int) -> Path:
 
 def train_run(direction: str, seed: int, reuse: bool) -> Path:
     """The run directory of `direction` trained with `seed`: trained now, or a finished run reused."""
-    config = ROOT / "configs" / f"{direction}.yaml"
+    config = config_path(direction)
     cfg = load_config(config)
     run_dir = run_dir_for(cfg, seed)
     overrides = [] if seed == cfg.train.seed else [f"--train.seed={seed}", f"--train.run_dir={run_dir}"]
@@ -135,7 +139,7 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
 
 def bench_models(direction: str, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
     """The rows of one model (one run dir) or ensemble (several) on the direction's test sets."""
-    cfg = load_config(ROOT / "configs" / f"{direction}.yaml")
+    cfg = load_config(config_path(direction))
     models = [run_dir / "best.safetensors" for run_dir in run_dirs]
     done = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
     alpha, valid_bleu = choose_length_penalty(models, cfg, out)
@@ -171,7 +175,7 @@ def bench_models(direction: str, label: str, run_dirs: list[Path], out: Path) ->
 
 def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
     """Each seed's model, then (with several seeds) their ensemble, beside them."""
-    seeds = SEEDS.get(direction, (load_config(ROOT / "configs" / f"{direction}.yaml").train.seed,))
+    seeds = SEEDS.get(direction, (load_config(config_path(direction)).train.seed,))
     run_dirs = [train_run(direction, seed, reuse) for seed in seeds]
     rows = [row for seed, d in zip(seeds, run_dirs) for row in bench_models(direction, str(seed), [d], out)]
     if len(run_dirs) > 1:

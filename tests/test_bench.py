@@ -96,7 +96,7 @@ def test_table_and_plot(tmp_path):
     bench.write_table(rows, tmp_path / "bench.md")
     lines = (tmp_path / "bench.md").read_text().splitlines()
     assert lines[2].startswith("| en-de | 1 | test_2016_flickr | 38.10 | 38.60 | 60.00 | 0.6 |")
-    assert lines[3].startswith("| en-de | 2 | test_2017_flickr | 30.00 | – |")  # a row from before the column
+    assert lines[3].startswith("| en-de | 2 | test_2017_flickr | 30.00 | – |")  # an older row
     assert lines[4].startswith("| de-en | 1 |")
     assert (
         "`nrefs:1|case:mixed`" in lines[-2] and "`lc+moses-norm+moses-tok:LANG|nrefs:1|case:lc`" in lines[-1]
