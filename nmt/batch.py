@@ -56,6 +56,16 @@ class Batch:
     def __len__(self) -> int:
         return self.src.size(0)
 
+    def doubled(self) -> "Batch":
+        """The batch twice over, (2B, ...): rows i and B + i are the same pair (R-Drop's two passes)."""
+        return Batch(
+            self.src.repeat(2, 1),
+            self.src_lens.repeat(2),
+            self.tgt_in.repeat(2, 1),
+            self.tgt_out.repeat(2, 1),
+            2 * self.n_tokens,
+        )
+
 
 def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
     src_t, src_lens = source_tensors(src)

@@ -105,6 +105,9 @@ class TrainConfig:
     min_lr: float = 1e-5
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
+    # R-Drop (Liang et al. 2021): each batch runs twice with different dropout masks and the loss adds alpha
+    # times the passes' symmetric KL divergence; about twice the compute per step. 0: off
+    rdrop_alpha: float = 0.0
     max_steps: int = 0  # 0: no limit
     max_epochs: int = 0  # 0: no limit
     time_budget_min: float = (
@@ -247,6 +250,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("train.min_lr", cfg.train.min_lr >= 0, "must not be negative"),
         ("train.clip_norm", cfg.train.clip_norm >= 0, "must not be negative (0 turns clipping off)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.rdrop_alpha", cfg.train.rdrop_alpha >= 0, "must not be negative (0 turns R-Drop off)"),
         ("train.max_steps", cfg.train.max_steps >= 0, "must not be negative"),
         ("train.max_epochs", cfg.train.max_epochs >= 0, "must not be negative"),
         ("train.time_budget_min", cfg.train.time_budget_min >= 0, "must not be negative"),

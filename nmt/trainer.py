@@ -114,7 +114,7 @@ def train_step(
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss_sum = model(batch, t.label_smoothing)  # summed over target tokens
+                loss_sum = model(batch, t.label_smoothing, t.rdrop_alpha)  # summed over target tokens
             (loss_sum * world_size / n_tokens).backward()  # DDP averages over the world: × size undoes it
         total += loss_sum.detach()
     if t.clip_norm:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nmt.batch import Batch, make_batch
+from nmt.loss import rdrop_loss_sum, token_loss_sum
 from nmt.tokenizer import PAD
 
 from conftest import VARIANTS, tiny_model
@@ -35,10 +36,10 @@ def padded_more(batch: Batch, src_extra: int, tgt_extra: int) -> Batch:
     )
 
 
-def loss_and_grads(model, batches: list[Batch], label_smoothing: float):
+def loss_and_grads(model, batches: list[Batch], label_smoothing: float, rdrop: float = 0.0):
     """The summed loss of `batches` as training computes it, and each parameter's gradient of that sum."""
     model.zero_grad(set_to_none=True)
-    loss = sum(model(batch, label_smoothing) for batch in batches)
+    loss = sum(model(batch, label_smoothing, rdrop) for batch in batches)
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
@@ -89,3 +90,44 @@ def test_pad_targets_add_nothing(output_ids):
     masked.tgt_out[1] = PAD
     assert torch.allclose(model(masked, 0.1), loss_one, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(model(pair, 0.1), loss_one)  # the mask is what made them equal
+
+
+@pytest.mark.parametrize("output_ids", [None, OUTPUT_IDS], ids=["all-pieces", "some-pieces"])
+def test_rdrop_without_dropout_is_the_plain_loss(output_ids):
+    """With no dropout R-Drop's two passes are the same pass: the loss and every gradient are the plain
+    loss's (the KL term and its gradient vanish), and padding still changes nothing."""
+    model = tiny_model(0, output_ids, **VARIANTS[0])  # dropout 0
+    batch = make_batch(SRC, TGT)
+    plain = loss_and_grads(model, [batch], 0.1)
+    assert_same(plain, loss_and_grads(model, [batch], 0.1, rdrop=5.0), "R-Drop without dropout")
+    assert_same(plain, loss_and_grads(model, [padded_more(batch, 2, 3)], 0.1, rdrop=5.0), "padded R-Drop")
+
+
+def test_rdrop_adds_the_symmetric_kl_of_the_two_passes():
+    """Same dropout masks (same generator state), alpha 5 against alpha 0: the difference is 5/4 of the two
+    passes' KL divergences both ways, which is positive once dropout makes the passes differ."""
+    model = tiny_model(0, None, **(VARIANTS[0] | {"dropout": 0.3, "emb_dropout": 0.2})).train()
+    batch = make_batch(SRC, TGT)
+    torch.manual_seed(3)
+    with_kl = model(batch, 0.1, 5.0)
+    torch.manual_seed(3)
+    without = model(batch, 0.1, 1e-30)  # R-Drop's two passes, with a KL weight that underflows
+    assert with_kl > without
+    # the loss function itself, on logits given
+    a, b = torch.randn(7, 11), torch.randn(7, 11)
+    t = torch.randint(0, 11, (7,))
+    mean_ce = (token_loss_sum(a, t, 0.1) + token_loss_sum(b, t, 0.1)) / 2
+    p, q = a.log_softmax(-1), b.log_softmax(-1)
+    kl_both = (p.exp() * (p - q)).sum() + (q.exp() * (q - p)).sum()
+    assert torch.allclose(rdrop_loss_sum(a, b, t, 0.1, 0.0), mean_ce)
+    assert torch.allclose(rdrop_loss_sum(a, b, t, 0.1, 2.0), mean_ce + 2.0 / 4 * kl_both)
+    assert torch.allclose(rdrop_loss_sum(a, a, t, 0.1, 2.0), token_loss_sum(a, t, 0.1))
+
+
+def test_doubled_batch_repeats_every_row():
+    batch = make_batch(SRC, TGT)
+    twice = batch.doubled()
+    assert len(twice) == 2 * len(batch) and twice.n_tokens == 2 * batch.n_tokens
+    for x, y in [(batch.src, twice.src), (batch.tgt_in, twice.tgt_in), (batch.tgt_out, twice.tgt_out)]:
+        assert torch.equal(y[: len(batch)], x) and torch.equal(y[len(batch) :], x)
+    assert torch.equal(twice.src_lens, batch.src_lens.repeat(2))

@@ -197,22 +197,27 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
         assert [v for _, v in scalars] == pytest.approx([v for _, v in expected], rel=1e-6)
 
 
-def test_subword_sampling_trains_and_resumes_exactly(tmp_path):
-    """Each step's sampled segmentations come from the seed, the step and the rank: a run stopped and resumed
-    ends with the weights of the same run straight through."""
-    settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1}
-    sampling = {"sampling_alpha": 0.2}
-    straight = toy_config(tmp_path / "a", data=sampling, train=settings)
+@pytest.mark.parametrize(
+    "data, train_options",
+    [({"sampling_alpha": 0.2}, {}), ({}, {"rdrop_alpha": 5.0})],
+    ids=["subword-sampling", "r-drop"],
+)
+def test_regularisers_train_and_resume_exactly(tmp_path, data, train_options):
+    """Subword sampling's segmentations come from the seed, the step and the rank, R-Drop's two dropout masks
+    from torch's generator: a run stopped and resumed ends with the weights of the same run straight
+    through."""
+    settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1} | train_options
+    straight = toy_config(tmp_path / "a", data=data, train=settings)
     train(straight)
-    halves = toy_config(tmp_path / "b", data=sampling, train=settings | {"max_steps": 8})
+    halves = toy_config(tmp_path / "b", data=data, train=settings | {"max_steps": 8})
     train(halves)
     train(dataclasses.replace(halves, train=dataclasses.replace(halves.train, max_steps=16)), resume=True)
     a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
     assert a["progress"]["step"] == b["progress"]["step"] == 16
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # and sampling changed what was learnt: the same run on the best segmentation ends elsewhere
-    plain = toy_config(tmp_path / "c", train=settings)
+    # and the regulariser changed what was learnt: the same run without it ends elsewhere
+    plain = toy_config(tmp_path / "c", train=settings | {"rdrop_alpha": 0.0})
     train(plain)
     c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
