@@ -29,7 +29,8 @@ from nmt.vocab import OutputVocab
 
 FORMAT = "nmt-model"
 VERSION = 2  # bump when the file layout changes; migrate old files in `migrate` only
-VOCAB_PIECES = "decoder.vocab.pieces"  # the output vocabulary's pieces (absent: every piece)
+VOCAB = "decoder.vocab."  # the output vocabulary's tensors: pieces (absent: every piece), languages
+VOCAB_PIECES = VOCAB + "pieces"
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -99,7 +100,8 @@ def load_model(
         cfg = model_config_from_dict(json.loads(metadata["model_config"]), f"{path}")
         tok = Tokenizer(base64.b64decode(metadata["spm_src"]), base64.b64decode(metadata["spm_tgt"]))
         info = json.loads(metadata.get("info", "{}"))
-        model = Seq2Seq(cfg, OutputVocab(cfg.tgt_vocab_size, tensors.get(VOCAB_PIECES)), init=False)
+        vocab = OutputVocab.from_state(cfg.tgt_vocab_size, tensors, VOCAB)
+        model = Seq2Seq(cfg, vocab, init=False)
     except (KeyError, ValueError, TypeError) as e:
         raise NMTError(f"{path}: corrupted model file metadata ({e})") from None
     except NMTError as e:

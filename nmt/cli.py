@@ -69,6 +69,8 @@ def _translator(args):
     from nmt.translate import Translator
 
     translator = Translator.load(args.model, args.device, args.precision, args.threads)
+    if args.command != "serve" or args.tgt_lang is not None:
+        translator.searchable(args.tgt_lang)  # a missing or unknown language fails before any input is read
     translator.progress = True  # shown when stderr is a terminal
     translator.defaults = translator.options(
         beam=args.beam,
@@ -131,9 +133,9 @@ def cmd_translate(args) -> None:
         done = 0
         for lines in buffers(read_lines(args.input), args.buffer_lines):
             if args.n_best is None:
-                write(translator.translate(lines, first_line=done + 1))
+                write(translator.translate(lines, first_line=done + 1, tgt_lang=args.tgt_lang))
             else:
-                best = translator.translate(lines, n_best=args.n_best, first_line=done + 1)
+                best = translator.translate(lines, args.n_best, done + 1, args.tgt_lang)
                 write(n_best_lines(best, args.format, done))
             done += len(lines)
 
@@ -143,7 +145,7 @@ def _translate_with_attention(translator, lines: list[str], args, heatmaps: Path
     from nmt.alignment import hard_alignment, heatmap_names, save_heatmap
     from nmt.textio import write_lines
 
-    results = translator.translations(lines, attention=True)
+    results = translator.translations(lines, attention=True, tgt_lang=args.tgt_lang)
     write_lines(args.output, [r.text for r in results])
     if args.alignments:
         alignments = [
@@ -179,7 +181,7 @@ def cmd_score(args) -> None:
     src, tgt = list(read_lines(args.src)), list(read_lines(args.tgt))
     if len(src) != len(tgt):
         raise NMTError(f"{args.src} has {len(src)} lines but {args.tgt} has {len(tgt)}: they must match")
-    scores = _translator(args).score(src, tgt)
+    scores = _translator(args).score(src, tgt, tgt_lang=args.tgt_lang)
     lines = ["" if s is None else f"{s.mean:.4f}\t{s.log_prob:.4f}\t{s.tokens}" for s in scores]
     write_lines(args.output, lines)
 
@@ -192,10 +194,10 @@ def cmd_evaluate(args) -> None:
     if len(src) != len(ref):
         raise NMTError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)}: they must match")
     translator = _translator(args)
-    hyps = translator.translate(src)
+    hyps = translator.translate(src, tgt_lang=args.tgt_lang)
     if args.output:
         write_lines(args.output, hyps)
-    scores = corpus_scores(hyps, ref, args.lang or language_of(args.ref))
+    scores = corpus_scores(hyps, ref, args.lang or args.tgt_lang or language_of(args.ref))
     print(f"{scores['bleu_detail']}  {scores['bleu_signature']}")
     print(f"chrF2 = {scores['chrf']:.2f}  {scores['chrf_signature']}")
     if "bleu_published" in scores:
@@ -233,10 +235,12 @@ def cmd_serve(args) -> None:
         "device": str(translator.device),
         "precision": args.precision,
         "beam": translator.defaults.beam,
+        "languages": translator.languages,  # a multilingual model's target languages; [] bilingual
+        "tgt_lang": args.tgt_lang,  # the default of requests that name none
         "max_lines": args.max_lines,
         "max_bytes": args.max_bytes,
     }
-    app = create_app(translator, info, args.max_bytes, args.max_lines)
+    app = create_app(translator, info, args.max_bytes, args.max_lines, args.tgt_lang)
     log.info("serving %s on http://%s:%d (Ctrl-C stops)", ", ".join(info["model"]), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
 
@@ -256,6 +260,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="MODEL",
         help="model file (best.safetensors of a run); several make an ensemble",
+    )
+    p.add_argument(
+        "--tgt-lang",
+        default=None,
+        metavar="LANG",
+        help="the language to translate into, for a multilingual model (required there; one of its target "
+        "languages). Any source language it was trained on may go into it: a direction it never trained "
+        "on (say de to fr for a model of en-de, de-en, en-fr, fr-en) is zero-shot, allowed and usually worse",
     )
     # Decoding options default to None: what is left out keeps DecodeConfig's default, their one source.
     d = DecodeConfig()

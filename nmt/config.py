@@ -60,6 +60,21 @@ class DataConfig:
     # outside the output layer keeps its best segmentation).
     sampling_alpha: float = 0.0
     sampling_sides: Literal["src", "both"] = "both"
+    # One model for several directions: `src-tgt` pairs (en-de, de-en, en-fr, ...). The splits above are then
+    # shared: each direction reads its two languages' files (or the dataset's `translation` column), every
+    # source starts with its target language's tag <2xx>, and the SentencePiece model is joint. Empty: the one
+    # direction src_lang → tgt_lang, without tags.
+    directions: list[str] = field(default_factory=list)
+    # Directions are drawn in proportion to their pairs ** (1 / temperature) each epoch; 1: as the data has
+    # them, larger: closer to uniform (a small direction's pairs repeat, a large one's are subsampled)
+    temperature: float = 1.0
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(source, target) language of each direction."""
+        if not self.directions:
+            return [(self.src_lang, self.tgt_lang)]
+        return [tuple(d.split("-", 1)) for d in self.directions]  # type: ignore[misc]
 
 
 @dataclass
@@ -84,6 +99,14 @@ class ModelConfig:
         0  # rows of the output layer, set when training starts; 0: the whole target vocabulary
     )
     max_src_len: int = 250  # translate truncates longer inputs (with a warning)
+    # A multilingual model's trained directions (src-tgt), set when training starts; empty: bilingual. Its
+    # target languages are what `nmt translate --tgt-lang` takes.
+    directions: list[str] = field(default_factory=list)
+
+    @property
+    def tgt_langs(self) -> list[str]:
+        """The target languages, in the order of their first direction."""
+        return list(dict.fromkeys(d.split("-", 1)[1] for d in self.directions))
 
 
 @dataclass
@@ -273,6 +296,24 @@ def _validate(cfg: Config, where: str) -> None:
             raise NMTError(f"{where}: {key} {message}")
     if (cfg.data.src_column is None) != (cfg.data.tgt_column is None):
         raise NMTError(f"{where}: data.src_column and data.tgt_column must be given together")
+    _validate_directions(cfg.data, where)
+
+
+def _validate_directions(cfg: DataConfig, where: str) -> None:
+    if cfg.temperature <= 0:
+        raise NMTError(f"{where}: data.temperature must be positive")
+    if not cfg.directions:
+        return
+    for d in cfg.directions:
+        langs = d.split("-")
+        if len(langs) != 2 or not all(langs) or langs[0] == langs[1] or not d.isascii() or " " in d:
+            raise NMTError(f"{where}: data.directions: {d!r} is not source-target (e.g. en-de)")
+    if len(set(cfg.directions)) != len(cfg.directions):
+        raise NMTError(f"{where}: data.directions lists a direction twice")
+    if not cfg.joint_vocab:
+        raise NMTError(f"{where}: data.directions needs data.joint_vocab: true (one model for all languages)")
+    if cfg.src_column is not None:
+        raise NMTError(f"{where}: data.directions reads the dataset's translation column, not src_column")
 
 
 def parse_override(arg: str) -> tuple[str, Any]:

@@ -35,6 +35,11 @@ datasets.logging.set_verbosity_error()
 # Plain-file corpora
 
 
+def has_side(prefix: str, lang: str) -> bool:
+    """Whether `<prefix>.<lang>` or `<prefix>.<lang>.gz` exists."""
+    return Path(f"{prefix}.{lang}").is_file() or Path(f"{prefix}.{lang}.gz").is_file()
+
+
 def corpus_file(prefix: str, lang: str) -> Path:
     """`<prefix>.<lang>`, or `<prefix>.<lang>.gz` when only that exists."""
     plain = Path(f"{prefix}.{lang}")
@@ -94,7 +99,7 @@ def load_parallel_files(prefix: str, src_lang: str, tgt_lang: str, cache_dir: st
 # Hugging Face datasets
 
 
-def load_hf_split(cfg: DataConfig, split: str) -> datasets.Dataset:
+def load_hf_split(cfg: DataConfig, split: str, pair: tuple[str, str]) -> datasets.Dataset:
     try:
         ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
@@ -112,10 +117,10 @@ def load_hf_split(cfg: DataConfig, split: str) -> datasets.Dataset:
             "name two text columns with data.src_column and data.tgt_column"
         )
     first = ds[0]["translation"] if len(ds) else {}
-    for lang in (cfg.src_lang, cfg.tgt_lang):
+    for lang in pair:
         if lang not in first:
             raise NMTError(f"dataset {cfg.dataset!r}: translation column has no language {lang!r}")
-    src_lang, tgt_lang = cfg.src_lang, cfg.tgt_lang
+    src_lang, tgt_lang = pair
     return ds.map(
         lambda b: {
             "src": [t[src_lang] for t in b["translation"]],
@@ -131,22 +136,37 @@ def load_hf_split(cfg: DataConfig, split: str) -> datasets.Dataset:
 # Any split
 
 
-def ensure_corpus(cfg: DataConfig, prefix: str) -> None:
+def ensure_corpus(cfg: DataConfig, prefix: str, pair: tuple[str, str]) -> None:
     """Fetch Multi30k when a split under data/multi30k is missing and the config allows it."""
     if cfg.dataset is not None or not cfg.fetch_multi30k or not multi30k.is_multi30k_path(prefix):
         return
-    for lang in (cfg.src_lang, cfg.tgt_lang):
-        if not Path(f"{prefix}.{lang}").is_file() and not Path(f"{prefix}.{lang}.gz").is_file():
-            multi30k.fetch(Path(prefix).parent)
-            return
+    if not all(has_side(prefix, lang) for lang in pair):
+        multi30k.fetch(Path(prefix).parent)
 
 
-def load_text(cfg: DataConfig, split: str) -> datasets.Dataset:
-    """A split as a Dataset with text columns `src` and `tgt`."""
+def load_text(cfg: DataConfig, split: str, pair: tuple[str, str] | None = None) -> datasets.Dataset:
+    """A split as a Dataset with text columns `src` and `tgt`: the languages of `pair` (source, target), by
+    default `cfg.src_lang` and `cfg.tgt_lang`."""
+    pair = pair or (cfg.src_lang, cfg.tgt_lang)
     if cfg.dataset is not None:
-        return load_hf_split(cfg, split)
-    ensure_corpus(cfg, split)
-    return load_parallel_files(split, cfg.src_lang, cfg.tgt_lang, cfg.cache_dir)
+        return load_hf_split(cfg, split, pair)
+    ensure_corpus(cfg, split, pair)
+    return load_parallel_files(split, pair[0], pair[1], cfg.cache_dir)
+
+
+def test_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
+    """The directions a test split is scored in: every one for a bilingual run; a multilingual run's
+    directions whose two files the split has (Multi30k's test_2017_flickr has no Czech), and NMTError when
+    it has none."""
+    pairs = cfg.pairs
+    if not cfg.directions or cfg.dataset is not None:
+        return pairs
+    ensure_corpus(cfg, split, pairs[0])  # fetches the whole corpus if need be (not Czech test_2017: none)
+    found = [(src, tgt) for src, tgt in pairs if has_side(split, src) and has_side(split, tgt)]
+    if not found:
+        corpus_file(split, pairs[0][0])  # raises: names the missing file
+        corpus_file(split, pairs[0][1])
+    return found
 
 
 def split_name(cfg: DataConfig, split: str) -> str:
@@ -155,24 +175,32 @@ def split_name(cfg: DataConfig, split: str) -> str:
 
 
 def _encoded_key(
-    text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean: bool, keep_text: bool
+    text: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, clean: bool, keep_text: bool, tag: int | None
 ) -> str:
     digest = hashlib.sha256()
     parts = [text._fingerprint, tok.src_proto, tok.tgt_proto, f"{clean}/{cfg.max_len}"]
+    parts += [] if tag is None else [f"tag {tag}"]
     for part in parts + (["text"] if keep_text else []):
         digest.update(part if isinstance(part, bytes) else str(part).encode())
     return digest.hexdigest()[:24]
 
 
 def encode(
-    cfg: DataConfig, text: datasets.Dataset, tok: Tokenizer, clean: bool, name: str, keep_text: bool = False
+    cfg: DataConfig,
+    text: datasets.Dataset,
+    tok: Tokenizer,
+    clean: bool,
+    name: str,
+    keep_text: bool = False,
+    tag: int | None = None,
 ) -> datasets.Dataset:
     """Columns `src_ids`, `tgt_ids` (no BOS/EOS), `src_len`, `tgt_len`, and with `keep_text` the text's `src`
-    and `tgt` (for subword sampling); cached on disk as Arrow.
+    and `tgt` (for subword sampling); cached on disk as Arrow. `tag`: a language tag's id, put before every
+    source (multilingual models).
 
     With `clean`, pairs with an empty side or more than `max_len` pieces on either side are dropped.
     """
-    key = _encoded_key(text, tok, cfg, clean, keep_text)
+    key = _encoded_key(text, tok, cfg, clean, keep_text, tag)
     path = Path(cfg.cache_dir) / "encoded" / key
     if path.is_dir():
         log.info("%s: encoded corpus from cache %s", name, path)
@@ -180,6 +208,8 @@ def encode(
 
     def encode_batch(batch: dict[str, list[str]]) -> dict[str, list]:
         src, tgt = tok.encode_src(batch["src"]), tok.encode_tgt(batch["tgt"])
+        if tag is not None:
+            src = [[tag] + s if s else s for s in src]  # an empty source stays empty, for cleaning
         return {
             "src_ids": src,
             "tgt_ids": tgt,
@@ -199,28 +229,28 @@ def encode(
         num_proc=workers,
     )
     if clean:
-        n_before = len(ds)
-        ds = ds.filter(
-            lambda s, t: 0 < s <= cfg.max_len and 0 < t <= cfg.max_len,
-            input_columns=["src_len", "tgt_len"],
-            new_fingerprint=key + "-clean",
-            num_proc=workers,
-        )
-        if len(ds) == 0:
-            raise NMTError(
-                f"{name}: no pair left after cleaning (empty or longer than data.max_len={cfg.max_len})"
-            )
-        log.info(
-            "%s: %d pairs kept, %d dropped (empty or over %d pieces)",
-            name,
-            len(ds),
-            n_before - len(ds),
-            cfg.max_len,
-        )
+        ds = cleaned(ds, cfg.max_len, key, workers, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, folder=True) as tmp:  # an interrupted run leaves no half-written cache entry
         ds.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(path))
+
+
+def cleaned(ds: datasets.Dataset, max_len: int, key: str, workers: int | None, name: str) -> datasets.Dataset:
+    """The encoded pairs with no empty side and at most `max_len` pieces on either."""
+    n_before = len(ds)
+    ds = ds.filter(
+        lambda s, t: 0 < s <= max_len and 0 < t <= max_len,
+        input_columns=["src_len", "tgt_len"],
+        new_fingerprint=key + "-clean",
+        num_proc=workers,
+    )
+    if len(ds) == 0:
+        raise NMTError(f"{name}: no pair left after cleaning (empty or longer than data.max_len={max_len})")
+    log.info(
+        "%s: %d pairs kept, %d dropped (empty or over %d pieces)", name, len(ds), n_before - len(ds), max_len
+    )
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,6 +288,26 @@ def token_batches(
     return batches
 
 
+def epoch_rows(directions: np.ndarray, temperature: float, generator: torch.Generator) -> np.ndarray | None:
+    """The rows an epoch trains on, given each row's direction: direction d gets a share of the epoch's
+    rows proportional to (its rows) ** (1 / temperature), drawn without repeats until all of its rows are
+    used. None (every row once) for temperature 1 or a single direction."""
+    counts = np.bincount(directions)
+    if temperature == 1 or len(counts) < 2:
+        return None
+    weights = (counts / counts.sum()) ** (1 / temperature)
+    shares = np.round(weights / weights.sum() * counts.sum()).astype(np.int64)
+    rows = []
+    for d, share in enumerate(shares):
+        own = np.flatnonzero(directions == d)
+        if share == 0:
+            continue
+        rounds = -(-share // len(own))  # whole passes over the direction's rows, the last one cut short
+        draws = [own[torch.randperm(len(own), generator=generator).numpy()] for _ in range(rounds)]
+        rows.append(np.concatenate(draws)[:share])
+    return np.concatenate(rows)
+
+
 def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The `src_len` and `tgt_len` columns as arrays, read as Arrow columns (element by element, through
     `ds["src_len"]`, took minutes for a corpus of a million pairs)."""
@@ -285,9 +335,12 @@ def collate_sampled(
 ) -> Batch:
     """A batch segmented anew by sampling (`cfg.sampling_alpha`, `cfg.sampling_sides`) from the text columns
     (`encode(keep_text=True)`). A sampled target with a piece outside the output layer (`in_layer`: a bool per
-    target piece id; None: every piece is in it) keeps its cached best segmentation."""
-    rows = ds.select_columns(["src", "tgt", "tgt_ids"])[indices.tolist()]
+    target piece id; None: every piece is in it) keeps its cached best segmentation. A multilingual source
+    keeps its language tag, the first of its cached ids."""
+    rows = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])[indices.tolist()]
     src, tgt = tok.sample("src", rows["src"], cfg.sampling_alpha), rows["tgt_ids"]
+    if cfg.directions:
+        src = [ids[:1] + s for ids, s in zip(rows["src_ids"], src)]
     if cfg.sampling_sides == "both":
         sampled = tok.sample("tgt", rows["tgt"], cfg.sampling_alpha)
         tgt = [s if in_layer is None or in_layer[s].all() else t for s, t in zip(sampled, tgt)]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from nmt.checkpoint import VOCAB_PIECES, load_checkpoint, load_model, migrate
+from nmt.checkpoint import VOCAB, load_checkpoint, load_model, migrate
 from nmt.config import Config, DataConfig, ModelConfig
 from nmt.errors import NMTError
 from nmt.rundir import CHECKPOINT, CONFIG
@@ -53,6 +53,28 @@ class Start:
     vocab: OutputVocab
     data_cfg: DataConfig  # the data section with the tokenizer's joint_vocab, vocab_size and spm_type
     weights: dict[str, torch.Tensor] | None  # the initial weights; None on resume (the checkpoint's win)
+    directions: list[str] = dataclasses.field(default_factory=list)  # a multilingual model's, kept
+
+
+def check_directions(model: ModelConfig, cfg: DataConfig, path: str) -> None:
+    """NMTError unless the config's directions fit the model file: none for a bilingual model; for a
+    multilingual one, directions into the languages it has (their rows of the output layer)."""
+    if not model.directions:
+        if cfg.directions:
+            raise NMTError(
+                f"data.directions is set but {path} is a bilingual model (it has no language tags)"
+            )
+        return
+    if not cfg.directions:
+        raise NMTError(
+            f"{path} is multilingual ({', '.join(model.directions)}): list data.directions to train"
+        )
+    missing = [tgt for _, tgt in cfg.pairs if tgt not in model.tgt_langs]
+    if missing:
+        raise NMTError(
+            f"data.directions: {path} has no target language {missing[0]!r} "
+            f"(it translates into {', '.join(model.tgt_langs)})"
+        )
 
 
 def check_architecture(cfg: ModelConfig, found: ModelConfig, path: str) -> None:
@@ -79,6 +101,7 @@ def start_from(path: str, model_cfg: ModelConfig, data_cfg: DataConfig, run_dir:
     SentencePiece model(s) are written into `run_dir` when `write` (rank 0)."""
     model, tok, info = load_model(path)
     check_architecture(model_cfg, model.cfg, path)
+    check_directions(model.cfg, data_cfg, path)
     if write:
         write_run_tokenizer(tok, run_dir)
     vocab = model.vocab
@@ -94,8 +117,9 @@ def start_from(path: str, model_cfg: ModelConfig, data_cfg: DataConfig, run_dir:
         data.vocab_size,
         vocab.rows,
     )
-    pieces = None if vocab.pieces is None else vocab.pieces.clone()
-    return Start(tok, OutputVocab(vocab.size, pieces), data, model.state_dict())
+    own = {name: t.clone() for name, t in vocab.state_dict().items()}
+    vocab = OutputVocab.from_state(vocab.size, own, "")
+    return Start(tok, vocab, data, model.state_dict(), list(model.cfg.directions))
 
 
 def resume_from(data_cfg: DataConfig, run_dir: Path) -> Start:
@@ -103,27 +127,35 @@ def resume_from(data_cfg: DataConfig, run_dir: Path) -> Start:
     from the checkpoint, so the model file is not needed again."""
     tok = read_run_tokenizer(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT)
-    pieces = migrate(state["model"], state.get("version", 1)).get(VOCAB_PIECES)
+    tensors = migrate(state["model"], state.get("version", 1))
     log.info(
         "resuming a fine-tuning run: the run directory's SentencePiece model, the checkpoint's output layer"
     )
-    return Start(tok, OutputVocab(tok.tgt_vocab_size, pieces), tokenizer_data(data_cfg, tok), None)
+    vocab = OutputVocab.from_state(tok.tgt_vocab_size, tensors, VOCAB)
+    return Start(
+        tok, vocab, tokenizer_data(data_cfg, tok), None, recorded(run_dir, "model", "directions") or []
+    )
 
 
 def check_resume(run_dir: Path) -> None:
     """NMTError when a fine-tuning run is resumed by a config without `train.init_from`: it would resume as an
     ordinary run, with an output vocabulary built from the data instead of the model file's."""
+    init_from = recorded(run_dir, "train", "init_from")
+    if init_from:
+        raise NMTError(
+            f"{run_dir} was fine-tuned from {init_from}: resume it with the config it recorded "
+            f"(nmt train {run_dir / CONFIG} --resume), or with train.init_from set"
+        )
+
+
+def recorded(run_dir: Path, section: str, key: str) -> typing.Any:
+    """A value of the run directory's config.yaml; None when it has no such record."""
     try:
         doc = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return  # no record to go by
-    train = doc.get("train") if isinstance(doc, dict) else None
-    recorded = train.get("init_from") if isinstance(train, dict) else None
-    if recorded:
-        raise NMTError(
-            f"{run_dir} was fine-tuned from {recorded}: resume it with the config it recorded "
-            f"(nmt train {run_dir / CONFIG} --resume), or with train.init_from set"
-        )
+        return None
+    values = doc.get(section) if isinstance(doc, dict) else None
+    return values.get(key) if isinstance(values, dict) else None
 
 
 def for_run(cfg: Config, run_dir: Path, resume: bool, write: bool) -> Start | None:

@@ -16,14 +16,14 @@ def corpus_scores(
     hypotheses: list[str], references: list[str], lang: str | None = None
 ) -> dict[str, float | str]:
     """BLEU and chrF; with the references' `lang`, also the published-style BLEU (`bleu_published`)."""
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score = bleu.corpus_score(hypotheses, [references])
-    chrf_score = chrf.corpus_score(hypotheses, [references])
+    bleu_metric, chrf_metric = BLEU(), CHRF()
+    bleu_score = bleu_metric.corpus_score(hypotheses, [references])
+    chrf_score = chrf_metric.corpus_score(hypotheses, [references])
     scores = {
         "bleu": round(bleu_score.score, 2),
         "chrf": round(chrf_score.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
+        "bleu_signature": str(bleu_metric.get_signature()),
+        "chrf_signature": str(chrf_metric.get_signature()),
         "bleu_detail": str(bleu_score),
     }
     if lang:
@@ -33,6 +33,10 @@ def corpus_scores(
 
 def bleu(hypotheses: list[str], references: list[str]) -> float:
     return BLEU().corpus_score(hypotheses, [references]).score
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    return CHRF().corpus_score(hypotheses, [references]).score
 
 
 def published_bleu(hypotheses: list[str], references: list[str], lang: str) -> dict[str, float | str]:

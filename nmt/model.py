@@ -27,6 +27,9 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"output vocabulary of {vocab.size} pieces for a target vocabulary of {cfg.tgt_vocab_size}"
             )
+        languages = 0 if vocab.languages is None else vocab.languages.size(0)
+        if languages != len(cfg.tgt_langs):
+            raise ValueError(f"output vocabulary for {languages} languages, model for {cfg.tgt_langs}")
         self.encoder = Encoder(
             cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout
         )

@@ -1,9 +1,9 @@
 """Training curves of one or several runs, read from their metrics.jsonl: `curves.png`.
 
 Rows: against steps, against wall-clock minutes. Columns: training loss (label-smoothed, as optimised),
-validation perplexity (log scale; its loss is log(ppl)), validation BLEU. Several runs are overlaid, one
-colour each. Figures are built with matplotlib's object API (no pyplot state), so plotting is safe inside a
-running program.
+validation perplexity (log scale; its loss is log(ppl)), validation BLEU (a multilingual run's mean, and each
+direction's dashed). Several runs are overlaid, one colour each. Figures are built with matplotlib's object
+API (no pyplot state), so plotting is safe inside a running program.
 """
 
 from __future__ import annotations
@@ -49,21 +49,23 @@ def curves_figure(run_dirs: list[str | Path], labels: list[str] | None = None):
     for records, label in zip(runs, labels):
         for row, (x_key, x_label) in enumerate(AXES):
             for col, (kind, y_key, y_label) in enumerate(PANELS):
-                points = [
-                    (r[x_key], r[y_key])
-                    for r in records
-                    if r.get("type") == kind and y_key in r and x_key in r
-                ]
                 ax = grid[row][col]
-                ax.plot(
-                    [x for x, _ in points],
-                    [y for _, y in points],
-                    marker="." if kind == "valid" else None,
-                    label=label,
-                )
+                for key, style in [(y_key, "-")] + [(k, "--") for k in per_direction(records, y_key)]:
+                    points = [
+                        (r[x_key], r[key])
+                        for r in records
+                        if r.get("type") == kind and key in r and x_key in r
+                    ]
+                    ax.plot(
+                        [x for x, _ in points],
+                        [y for _, y in points],
+                        style,
+                        marker="." if kind == "valid" else None,
+                        label=label if key == y_key else f"{label} {key[len(y_key) + 1 :]}",
+                    )
                 ax.set_xlabel(x_label)
                 ax.set_ylabel(y_label)
-                if y_key == "valid_ppl" and points:
+                if y_key == "valid_ppl" and any(r.get("type") == kind and y_key in r for r in records):
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(ScalarFormatter())  # 20, not 2 x 10^1
                     ax.yaxis.set_minor_formatter(ScalarFormatter())
@@ -73,6 +75,13 @@ def curves_figure(run_dirs: list[str | Path], labels: list[str] | None = None):
     fig.suptitle("Training curves: " + ", ".join(labels))
     fig.tight_layout()
     return fig
+
+
+def per_direction(records: list[dict], key: str) -> list[str]:
+    """A multilingual run's per-direction keys of `key`: valid_bleu_en-de, ... (only valid_bleu has them)."""
+    if key != "valid_bleu":
+        return []
+    return sorted({k for r in records if r.get("type") == "valid" for k in r if k.startswith(key + "_")})
 
 
 def plot_runs(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None) -> Path:

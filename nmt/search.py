@@ -37,6 +37,30 @@ class Searchable(Protocol):
     def step(self, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]: ...
 
 
+class InLanguage:
+    """A multilingual model (or ensemble) searched over one target language's columns only (`vocab`, a
+    subset of its own): its log-probabilities renormalised over them, so every score is a probability within
+    that language."""
+
+    def __init__(self, model: Searchable, vocab: OutputVocab):
+        self.model, self.vocab = model, vocab
+        self.columns = model.vocab.columns(vocab.pieces.to(model.device))  # (V_lang,): the model's columns
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def prepare(self) -> None:
+        self.model.prepare()
+
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> Any:
+        return self.model.encode(src, src_lens)
+
+    def step(self, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        logp, state, weights = self.model.step(prev, state)  # (N, V_out)
+        return torch.log_softmax(logp.index_select(1, self.columns), dim=-1), state, weights
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS

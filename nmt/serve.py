@@ -1,6 +1,6 @@
 """`nmt serve`: a JSON API and one web page over a model loaded once, on FastAPI and uvicorn.
 
-  POST /translate   {"text": ["line", ...], "beam": 5, "attention": false, "n_best": null}
+  POST /translate   {"text": ["line", ...], "beam": 5, "attention": false, "n_best": null, "tgt_lang": null}
                     → {"translations": [...], "attention": [{"source", "target", "weights"} or null, ...],
                        "n_best": [[{"text", "score"}, ...], ...] (when asked)}
   GET  /            the page: a text box, a translate button, the translations, the heatmap of the one in view
@@ -48,6 +48,11 @@ class TranslateRequest(BaseModel):
         ge=1,
         le=MAX_BEAM,
         description="also return each line's n best translations and scores (n <= beam)",
+    )
+    tgt_lang: str | None = Field(
+        None,
+        max_length=32,
+        description="a multilingual model's target language (default: the server's --tgt-lang)",
     )
 
 
@@ -107,22 +112,22 @@ class BodyLimit:
 class Service:
     """A Translator behind a lock: requests take turns, each translated as `nmt translate` would."""
 
-    def __init__(self, translator: Translator):
-        self.translator = translator
+    def __init__(self, translator: Translator, tgt_lang: str | None = None):
+        self.translator, self.tgt_lang = translator, tgt_lang
         self.lock = threading.Lock()
 
     def __call__(self, request: TranslateRequest) -> dict[str, Any]:
-        lines, beam = request.text, request.beam
+        lines, beam, lang = request.text, request.beam, request.tgt_lang or self.tgt_lang
         with self.lock:
             if request.n_best is not None:
-                best = self.translator.translate(lines, n_best=request.n_best, beam=beam)
+                best = self.translator.translate(lines, n_best=request.n_best, beam=beam, tgt_lang=lang)
                 return {
                     "translations": [hyps[0][0] for hyps in best],
                     "n_best": [[{"text": t, "score": round(x, 4)} for t, x in hyps] for hyps in best],
                 }
             if not request.attention:
-                return {"translations": self.translator.translate(lines, beam=beam)}
-            results = self.translator.translations(lines, attention=True, beam=beam)
+                return {"translations": self.translator.translate(lines, beam=beam, tgt_lang=lang)}
+            results = self.translator.translations(lines, attention=True, beam=beam, tgt_lang=lang)
         return {
             "translations": [r.text for r in results],
             "attention": [
@@ -152,9 +157,13 @@ def _one_line(errors: list[dict]) -> str:
 
 
 def create_app(
-    translator: Translator, info: dict[str, Any], max_bytes: int = 65536, max_lines: int = 64
+    translator: Translator,
+    info: dict[str, Any],
+    max_bytes: int = 65536,
+    max_lines: int = 64,
+    tgt_lang: str | None = None,
 ) -> FastAPI:
-    service = Service(translator)
+    service = Service(translator, tgt_lang)
     app = FastAPI(title="nmt", description="LSTM neural machine translation", version=info.get("version", ""))
     page = resources.files("nmt").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -180,7 +189,7 @@ def create_app(
             )
         try:
             return service(request)
-        except NMTError as e:  # what the request asks cannot be done (n_best over the beam size)
+        except NMTError as e:  # what the request asks cannot be done (n_best over the beam size, a language)
             return JSONResponse({"error": str(e)}, status_code=422)
 
     app.add_middleware(BodyLimit, limit=max_bytes)

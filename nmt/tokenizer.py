@@ -10,7 +10,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
@@ -22,6 +22,11 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 log = logging.getLogger(__name__)
 
 
+def tag(lang: str) -> str:
+    """The piece a multilingual model's source starts with: translate into `lang`."""
+    return f"<2{lang}>"
+
+
 def train_spm(
     sentences: Iterable[str],
     vocab_size: int,
@@ -29,8 +34,10 @@ def train_spm(
     max_sentences: int,
     seed: int = 1,
     where: str = "corpus",
+    symbols: Sequence[str] = (),
 ) -> bytes:
-    """Train a SentencePiece model on `sentences` and return it serialized.
+    """Train a SentencePiece model on `sentences` and return it serialized; `symbols` (language tags) are
+    pieces of their own, never split, right after the special ids.
 
     `hard_vocab_limit=False` lets a small corpus (tests, toy data) end with fewer pieces than asked for
     instead of failing.
@@ -62,6 +69,7 @@ def train_spm(
             eos_id=EOS,
             num_threads=2,
             minloglevel=2,
+            **({"user_defined_symbols": list(symbols)} if symbols else {}),
         )
     except RuntimeError as e:
         if not found:
@@ -128,6 +136,11 @@ class Tokenizer:
         model = self.src if side == "src" else self.tgt
         return model.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
 
+    def tag_id(self, lang: str) -> int | None:
+        """The id of the target-language tag <2lang>, None when the model has none."""
+        i = self.src.piece_to_id(tag(lang))
+        return None if i == UNK else i
+
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         return self.tgt.decode(ids)
 
@@ -178,32 +191,40 @@ def read_run_tokenizer(run_dir: Path) -> Tokenizer:
     raise NMTError(f"{run_dir}: no SentencePiece model (spm.model, or spm.src.model and spm.tgt.model)")
 
 
-def tokenizer_for_run(cfg: DataConfig, run_dir: Path, train_text: Any, seed: int) -> Tokenizer:
+def tokenizer_for_run(cfg: DataConfig, run_dir: Path, train_texts: list[Any], seed: int) -> Tokenizer:
     """A training run's SentencePiece model(s): loaded from the run directory (`spm.model`, or `spm.src.model`
-    and `spm.tgt.model` when the vocabulary is not joint), or trained on `train_text` (a dataset with text
-    columns `src` and `tgt`) and written there."""
+    and `spm.tgt.model` when the vocabulary is not joint), or trained on `train_texts` (one dataset with text
+    columns `src` and `tgt` per direction of `cfg.pairs`; each language's text is read once) and written
+    there. A multilingual run's model has the target languages' tags as pieces of their own."""
     joint, src_file, tgt_file = spm_files(run_dir)
     if cfg.joint_vocab and joint.is_file():
         proto = joint.read_bytes()
         return Tokenizer(proto, proto)
     if not cfg.joint_vocab and src_file.is_file() and tgt_file.is_file():
         return Tokenizer(src_file.read_bytes(), tgt_file.read_bytes())
+    sides: dict[str, tuple[Any, str]] = {}  # language → (its first dataset, its column there)
+    for (src, tgt), text in zip(cfg.pairs, train_texts):
+        sides.setdefault(src, (text, "src"))
+        sides.setdefault(tgt, (text, "tgt"))
 
-    def column(name: str) -> Iterator[str]:
-        for chunk in train_text.select_columns([name]).iter(batch_size=1000):
+    def column(lang: str) -> Iterator[str]:
+        text, name = sides[lang]
+        for chunk in text.select_columns([name]).iter(batch_size=1000):
             yield from chunk[name]
 
+    tags = [tag(t) for t in dict.fromkeys(t for _, t in cfg.pairs)] if cfg.directions else []
+
     def train(sentences: Iterable[str], where: str) -> bytes:
-        return train_spm(sentences, cfg.vocab_size, cfg.spm_type, cfg.spm_sentences, seed, where)
+        return train_spm(sentences, cfg.vocab_size, cfg.spm_type, cfg.spm_sentences, seed, where, tags)
 
     kind = "joint" if cfg.joint_vocab else "per language"
     log.info("training SentencePiece (%s, %d pieces, %s)", cfg.spm_type, cfg.vocab_size, kind)
     if cfg.joint_vocab:
-        proto = train((s for name in ("src", "tgt") for s in column(name)), cfg.train)
+        proto = train((s for lang in sides for s in column(lang)), cfg.train)
         joint.write_bytes(proto)
         return Tokenizer(proto, proto)
-    src = train(column("src"), f"{cfg.train} ({cfg.src_lang})")
-    tgt = train(column("tgt"), f"{cfg.train} ({cfg.tgt_lang})")
+    src = train(column(cfg.src_lang), f"{cfg.train} ({cfg.src_lang})")
+    tgt = train(column(cfg.tgt_lang), f"{cfg.train} ({cfg.tgt_lang})")
     src_file.write_bytes(src)
     tgt_file.write_bytes(tgt)
     return Tokenizer(src, tgt)

@@ -21,18 +21,20 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
 from nmt import data, finetune
-from nmt.config import Config, save_config
+from nmt.config import Config, DataConfig, save_config
 from nmt.device import resolve_device, resolve_precision
 from nmt.distributed import World, join, leave
+from nmt.errors import NMTError
 from nmt.metrics import corpus_scores
 from nmt.plot import plot_runs
 from nmt.rundir import BEST, CONFIG, CURVES, MetricsLog, make_run_dir, run_files
 from nmt.textio import write_lines
-from nmt.tokenizer import Tokenizer, tokenizer_for_run
-from nmt.trainer import Prepared, Trainer
+from nmt.tokenizer import Tokenizer, tag, tokenizer_for_run
+from nmt.trainer import Prepared, Trainer, ValidSet
 from nmt.translate import Translator
 from nmt.vocab import OutputVocab
 
@@ -104,33 +106,86 @@ def build(
 
 
 def prepare(cfg: Config, run_dir: Path, world: World, resume: bool = False) -> Prepared:
-    """Text, tokenizer, encoded sets and output vocabulary. Test splits are loaded too, so a missing file
-    fails before training, not after. Rank 0 prepares (fetch, SentencePiece, encoding cache) while the others
-    wait, then they read what it made. Fine-tuning (`train.init_from`) takes the tokenizer, the output
-    vocabulary and the initial weights from the model file (`nmt.finetune`), which is read first, so a bad one
-    fails before any data is loaded."""
+    """Text, tokenizer, encoded sets and output vocabulary, for each direction (one, or a multilingual run's
+    several). Test splits are loaded too, so a missing file fails before training, not after. Rank 0 prepares
+    (fetch, SentencePiece, encoding cache) while the others wait, then they read what it made. Fine-tuning
+    (`train.init_from`) takes the tokenizer, the output vocabulary and the initial weights from the model file
+    (`nmt.finetune`), which is read first, so a bad one fails before any data is loaded."""
     if not world.main:
         world.barrier()
     start = finetune.for_run(cfg, run_dir, resume, write=world.main)  # None: not fine-tuning
-    train_text = data.load_text(cfg.data, cfg.data.train)
-    valid_text = data.load_text(cfg.data, cfg.data.valid)
-    for split in cfg.data.test:
-        data.load_text(cfg.data, split)
-    tok = start.tok if start else tokenizer_for_run(cfg.data, run_dir, train_text, cfg.train.seed)
-    sampling = cfg.data.sampling_alpha > 0
-    train_ds = data.encode(cfg.data, train_text, tok, clean=True, name="train", keep_text=sampling)
-    valid_ds = data.encode(cfg.data, valid_text, tok, clean=False, name="valid")
+    d = cfg.data
+    train_texts = [data.load_text(d, d.train, pair) for pair in d.pairs]
+    valid_texts = [data.load_text(d, d.valid, pair) for pair in d.pairs]
+    for split in d.test:
+        for pair in data.test_pairs(d, split):
+            data.load_text(d, split, pair)
+    tok = start.tok if start else tokenizer_for_run(d, run_dir, train_texts, cfg.train.seed)
+    tags = [language_tag(tok, d, tgt) for _, tgt in d.pairs]
+    train_sets = encode_directions(d, "train", train_texts, tok, tags, d.sampling_alpha > 0)
+    valid_sets = encode_directions(d, "valid", valid_texts, tok, tags, False)
+    train_ds, valid_ds = joined(train_sets), joined(valid_sets)
     vocab = start.vocab if start else output_vocab(cfg.model.output_vocab, tok, train_ds)
+    if d.directions and not start:
+        vocab = vocab.with_languages(language_pieces(d.pairs, train_sets))
     model_cfg = dataclasses.replace(
         cfg.model,
         src_vocab_size=tok.src_vocab_size,
         tgt_vocab_size=tok.tgt_vocab_size,
         out_vocab_size=0 if vocab.pieces is None else vocab.rows,
+        directions=list(start.directions if start else d.directions),
     )
-    valid = {"src": list(valid_text["src"]), "tgt": list(valid_text["tgt"])}
+    valid = [
+        ValidSet(f"{src}-{tgt}", list(text["src"]), list(text["tgt"]), tgt if d.directions else None)
+        for (src, tgt), text in zip(d.pairs, valid_texts)
+    ]
+    rows = np.repeat(np.arange(len(train_sets)), [len(ds) for ds in train_sets]) if d.directions else None
     if start is None:
-        return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, cfg.data)
-    return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, start.data_cfg, start.weights)
+        return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, d, row_directions=rows)
+    return Prepared(tok, train_ds, valid_ds, valid, model_cfg, vocab, start.data_cfg, start.weights, rows)
+
+
+def encode_directions(
+    cfg: DataConfig,
+    split: str,
+    texts: list[datasets.Dataset],
+    tok: Tokenizer,
+    tags: list[int | None],
+    keep_text: bool,
+) -> list[datasets.Dataset]:
+    """Each direction's text of the `split` (train: cleaned) encoded, its sources after their tag."""
+    clean, many = split == "train", len(texts) > 1
+    return [
+        data.encode(cfg, text, tok, clean, f"{split} {src}-{tgt}" if many else split, keep_text, tag_id)
+        for text, (src, tgt), tag_id in zip(texts, cfg.pairs, tags)
+    ]
+
+
+def language_tag(tok: Tokenizer, cfg: DataConfig, lang: str) -> int | None:
+    """The id of the tag that starts a multilingual run's sources into `lang`; None for a bilingual run."""
+    if not cfg.directions:
+        return None
+    tag_id = tok.tag_id(lang)
+    if tag_id is None:
+        raise NMTError(
+            f"data.directions: the SentencePiece model has no tag {tag(lang)} (one trained for other "
+            "directions, in the run directory or the model file to fine-tune?)"
+        )
+    return tag_id
+
+
+def language_pieces(pairs: list[tuple[str, str]], train_sets: list[datasets.Dataset]) -> list[torch.Tensor]:
+    """Each target language's pieces (in the order of `ModelConfig.tgt_langs`): those of the training targets
+    of every direction into it."""
+    langs = list(dict.fromkeys(tgt for _, tgt in pairs))
+    seen = {lang: [] for lang in langs}
+    for (_, tgt), ds in zip(pairs, train_sets):
+        seen[tgt].append(data.target_pieces(ds))
+    return [torch.cat(seen[lang]).unique() for lang in langs]
+
+
+def joined(sets: list[datasets.Dataset]) -> datasets.Dataset:
+    return sets[0] if len(sets) == 1 else datasets.concatenate_datasets(sets)
 
 
 def output_vocab(kind: str, tok: Tokenizer, train_ds: datasets.Dataset) -> OutputVocab:
@@ -179,26 +234,32 @@ def finish(cfg: Config, trainer: Trainer) -> None:
 
 
 def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics: MetricsLog) -> None:
-    """Translate each test split with the best model (the decode section's settings) and score it."""
+    """Translate each test split with the best model (the decode section's settings) and score it, in each
+    direction of a multilingual run."""
     translator = Translator.load(run_dir / BEST, str(device), decode=cfg.decode)
-    for split in cfg.data.test:
-        name = data.split_name(cfg.data, split)
-        text = data.load_text(cfg.data, split)
-        hyps = translator.translate(list(text["src"]))
-        write_lines(run_dir / f"{name}.{cfg.data.tgt_lang}.hyp", hyps)
-        scores = corpus_scores(hyps, list(text["tgt"]), cfg.data.tgt_lang)
-        log.info(
-            "test %s (beam %d): %s  %s",
-            name,
-            cfg.decode.beam,
-            scores["bleu_detail"],
-            scores["bleu_signature"],
-        )
-        log.info("test %s: chrF2 %.2f  %s", name, scores["chrf"], scores["chrf_signature"])
-        log.info(
-            "test %s: BLEU (published style) %.2f  %s",
-            name,
-            scores["bleu_published"],
-            scores["bleu_published_signature"],
-        )
-        metrics.write({"type": "test", "split": name, "beam": cfg.decode.beam, **scores})
+    d = cfg.data
+    for split in d.test:
+        for src_lang, tgt_lang in data.test_pairs(d, split):
+            name = data.split_name(d, split)
+            text = data.load_text(d, split, (src_lang, tgt_lang))
+            hyps = translator.translate(list(text["src"]), tgt_lang=tgt_lang if d.directions else None)
+            direction = f"{src_lang}-{tgt_lang}"
+            write_lines(run_dir / f"{name}.{direction if d.directions else tgt_lang}.hyp", hyps)
+            scores = corpus_scores(hyps, list(text["tgt"]), tgt_lang)
+            label = f"{name} {direction}" if d.directions else name
+            log.info(
+                "test %s (beam %d): %s  %s",
+                label,
+                cfg.decode.beam,
+                scores["bleu_detail"],
+                scores["bleu_signature"],
+            )
+            log.info("test %s: chrF2 %.2f  %s", label, scores["chrf"], scores["chrf_signature"])
+            log.info(
+                "test %s: BLEU (published style) %.2f  %s",
+                label,
+                scores["bleu_published"],
+                scores["bleu_published_signature"],
+            )
+            record = {"type": "test", "split": name, "beam": cfg.decode.beam}
+            metrics.write(record | ({"direction": direction} if d.directions else {}) | scores)

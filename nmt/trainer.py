@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import datasets
+import numpy as np
 import sentencepiece as spm
 import torch
 from tqdm import tqdm
@@ -30,7 +31,7 @@ from nmt.checkpoint import VERSION, load_checkpoint, migrate, save_checkpoint, s
 from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
 from nmt.distributed import World
 from nmt.ensemble import averaged
-from nmt.metrics import bleu
+from nmt.metrics import bleu, chrf
 from nmt.model import Seq2Seq
 from nmt.plot import plot_runs
 from nmt.rundir import BEST, CHECKPOINT, CURVES, MetricsLog
@@ -147,17 +148,28 @@ def validation_loss(model: Seq2Seq, ds: datasets.Dataset, batch_tokens: int) -> 
 
 
 @dataclass
+class ValidSet:
+    """One direction's validation text."""
+
+    name: str  # the direction, src-tgt
+    src: list[str]
+    tgt: list[str]
+    tgt_lang: str | None  # the language a multilingual model translates into; None: bilingual
+
+
+@dataclass
 class Prepared:
     """What a run derives from its config and data before the model exists."""
 
     tok: Tokenizer
-    train_ds: datasets.Dataset  # encoded, cleaned
-    valid_ds: datasets.Dataset  # encoded
-    valid_text: dict[str, list[str]]  # src, tgt
+    train_ds: datasets.Dataset  # encoded, cleaned; a multilingual run's directions one after the other
+    valid_ds: datasets.Dataset  # encoded, every direction's (the validation loss)
+    valid_sets: list[ValidSet]  # validation BLEU, one per direction
     model_cfg: ModelConfig  # the model section with the vocabulary sizes filled in
     vocab: OutputVocab
     data_cfg: DataConfig  # the data section as used (fine-tuning: the model file's SentencePiece settings)
     init_weights: dict[str, torch.Tensor] | None = None  # fine-tuning: the model file's weights
+    row_directions: np.ndarray | None = None  # multilingual: each training pair's direction (its index)
 
 
 @dataclass
@@ -241,14 +253,23 @@ class Trainer:
         return bool(self.world.broadcast(stop))
 
     def validate(self) -> dict[str, Any]:
+        """Validation loss over every direction's pairs and BLEU; a multilingual run's BLEU is the mean of its
+        directions', each of which is recorded with its chrF too."""
+        sets, scores = self.prepared.valid_sets, {}
         with evaluating(self.model):
             loss = validation_loss(self.model, self.prepared.valid_ds, self.t.batch_tokens)
-            hyps = self.translator.translate(self.prepared.valid_text["src"])
-        return {
+            for v in sets:
+                hyps = self.translator.translate(v.src, tgt_lang=v.tgt_lang)
+                scores[v.name] = bleu(hyps, v.tgt), chrf(hyps, v.tgt) if len(sets) > 1 else None
+        record = {
             "valid_loss": round(loss, 4),
             "valid_ppl": round(math.exp(min(loss, 50)), 2),
-            "valid_bleu": round(bleu(hyps, self.prepared.valid_text["tgt"]), 2),
+            "valid_bleu": round(sum(b for b, _ in scores.values()) / len(sets), 2),
         }
+        if len(sets) > 1:
+            for name, (b, c) in scores.items():
+                record |= {f"valid_bleu_{name}": round(b, 2), f"valid_chrf_{name}": round(c, 2)}
+        return record
 
     def run_validation(self) -> bool:
         """Validate on rank 0 (the replicas are equal); every rank takes its outcome. True when patience ran
@@ -415,7 +436,7 @@ class Trainer:
         with interrupt_flag() as interrupted:
             while not stop:
                 generator = torch.Generator().manual_seed(t.seed * 100_003 + self.progress.epoch)
-                batches = data.token_batches(src_lens, tgt_lens, t.batch_tokens, generator)
+                batches = self.epoch_batches(src_lens, tgt_lens, generator)
                 steps = len(batches) // group  # an epoch's last batches that fill no whole step are left out
                 while self.progress.position < steps and not stop:
                     at = self.progress.position * group
@@ -440,6 +461,18 @@ class Trainer:
             ):  # the last step, or no best yet
                 self.run_validation()
         self.bar.close()
+
+    def epoch_batches(
+        self, src_lens: np.ndarray, tgt_lens: np.ndarray, generator: torch.Generator
+    ) -> list[np.ndarray]:
+        """An epoch's batches of training rows: every row, or a multilingual run's rows drawn by direction
+        (`data.temperature`)."""
+        directions, batch_tokens = self.prepared.row_directions, self.t.batch_tokens
+        temperature = self.cfg.data.temperature
+        rows = None if directions is None else data.epoch_rows(directions, temperature, generator)
+        if rows is None:
+            return data.token_batches(src_lens, tgt_lens, batch_tokens, generator)
+        return [rows[b] for b in data.token_batches(src_lens[rows], tgt_lens[rows], batch_tokens, generator)]
 
     def interrupt(self) -> None:
         self.bar.close()

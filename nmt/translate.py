@@ -33,7 +33,7 @@ from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble, load_models
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
-from nmt.search import Hypothesis, Searchable, decode, force
+from nmt.search import Hypothesis, InLanguage, Searchable, decode, force
 from nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Translator:
         self.model, self.tok, self.precision = model, tok, precision
         self.defaults = decode or DecodeConfig()
         self.progress = False  # a progress bar (sentences/s) on stderr, when it is a terminal
+        self.in_language: dict[str, InLanguage] = {}  # a multilingual model's search per target language
         for member in self.members:
             member.set_precision(precision)
 
@@ -115,71 +116,109 @@ class Translator:
         """The most source pieces (EOS included) every member takes."""
         return min(m.cfg.max_src_len for m in self.members)
 
+    @property
+    def languages(self) -> list[str]:
+        """A multilingual model's target languages; [] for a bilingual model."""
+        return self.members[0].cfg.tgt_langs
+
+    def searchable(self, tgt_lang: str | None) -> tuple[Searchable, int | None]:
+        """What search runs to translate into `tgt_lang`, and the tag id its sources start with: the model and
+        None for a bilingual model (which takes no language); a multilingual model's search over that
+        language's pieces, and its tag. NMTError when the language is missing or not the model's."""
+        langs = self.languages
+        if not langs:
+            if tgt_lang is not None:
+                raise NMTError(f"target language {tgt_lang!r}: this model is bilingual and takes none")
+            return self.model, None
+        if tgt_lang not in langs:
+            said = "no target language given" if tgt_lang is None else f"target language {tgt_lang!r}"
+            raise NMTError(f"{said}: this model translates into {', '.join(langs)} (--tgt-lang, tgt_lang)")
+        if tgt_lang not in self.in_language:
+            vocab = self.model.vocab.for_language(langs.index(tgt_lang))
+            self.in_language[tgt_lang] = InLanguage(self.model, vocab)
+        return self.in_language[tgt_lang], self.tok.tag_id(tgt_lang)
+
     def options(self, **overrides) -> DecodeConfig:
         """The defaults with the overrides that are not None."""
         return dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
 
     def translate(
-        self, lines: list[str], n_best: int | None = None, first_line: int = 1, **options
+        self,
+        lines: list[str],
+        n_best: int | None = None,
+        first_line: int = 1,
+        tgt_lang: str | None = None,
+        **options,
     ) -> list[str] | list[list[tuple[str, float]]]:
         """One translation per line, in order. `options`: any `DecodeConfig` field (beam, length_penalty,
         ...). With `n_best`, each line's `n_best` best translations instead, best first, as (text, score):
         the score is the log-probability divided by the length penalty (beam search), or the log-probability
-        (greedy). `first_line`: the number of the first line, in warnings."""
-        opts, src = self.options(**options), self.source_ids(lines, first_line)
+        (greedy). `first_line`: the number of the first line, in warnings. `tgt_lang`: the target language of
+        a multilingual model (required there; a direction it was not trained on is zero-shot)."""
+        model, tag_id = self.searchable(tgt_lang)
+        opts, src = self.options(**options), self.source_ids(lines, first_line, tag_id)
         if n_best is None:
             with self.bar(src) as bar:
-                return self.tok.decode_tgt(translate_ids(self.model, src, opts, bar))
+                return self.tok.decode_tgt(translate_ids(model, src, opts, bar))
         if not 1 <= n_best <= opts.beam:
             raise NMTError(f"n-best {n_best}: must be between 1 and the beam size {opts.beam}")
         with self.bar(src) as bar:
-            hyps = search_ids(self.model, src, opts, n_best, bar)
+            hyps = search_ids(model, src, opts, n_best, bar)
         return [list(zip(self.tok.decode_tgt([h.tokens for h in hs]), [h.score for h in hs])) for hs in hyps]
 
     def score(
-        self, sources: list[str], targets: list[str], batch_size: int | None = None
+        self,
+        sources: list[str],
+        targets: list[str],
+        batch_size: int | None = None,
+        tgt_lang: str | None = None,
     ) -> list[Score | None]:
         """Forced decoding: the log-probability the model (or ensemble) gives each target as the translation
         of its source — the numbers beam search assigns to that output, before the length penalty. None where
-        either side is blank."""
+        either side is blank. `tgt_lang` as for `translate`."""
         if len(sources) != len(targets):
             raise NMTError(f"{len(sources)} sources but {len(targets)} targets: they must pair up")
-        src = self.source_ids(sources)
+        model, tag_id = self.searchable(tgt_lang)
+        src = self.source_ids(sources, tag_id=tag_id)
         tgt = [ids if line.strip() else [] for line, ids in zip(targets, self.tok.encode_tgt(targets))]
         src = [s if t else [] for s, t in zip(src, tgt)]  # a blank target: nothing to score
         with self.bar(src) as bar:
-            scored = score_ids(self.model, src, tgt, batch_size or self.options().sentences(), bar)
+            scored = score_ids(model, src, tgt, batch_size or self.options().sentences(), bar)
         return [Score(total, len(pieces)) if pieces else None for pieces, total in scored]
 
-    def translations(self, lines: list[str], attention: bool = False, **options) -> list[Translation]:
+    def translations(
+        self, lines: list[str], attention: bool = False, tgt_lang: str | None = None, **options
+    ) -> list[Translation]:
         """As `translate`, with each line's pieces and, with `attention`, the weights search saw (an ensemble
         gives its members' mean)."""
+        model, tag_id = self.searchable(tgt_lang)
         opts = self.options(**options)
-        src = self.source_ids(lines)
-        hyp = translate_ids(self.model, src, opts)
+        src = self.source_ids(lines, tag_id=tag_id)
+        hyp = translate_ids(model, src, opts)
         weights = [None] * len(lines)
         if attention:
             from nmt.alignment import attention_weights
 
-            weights = attention_weights(self.model, src, hyp, opts.sentences())
+            weights = attention_weights(model, src, hyp, opts.sentences())
         texts = self.tok.decode_tgt(hyp)
         return [
             Translation(text, self.tok.src_pieces(s), self.tok.tgt_pieces(h), w)
             for text, s, h, w in zip(texts, src, hyp, weights)
         ]
 
-    def source_ids(self, lines: list[str], first_line: int = 1) -> list[list[int]]:
-        """Lines → source piece ids: blank lines give [], lines over the model's limit are truncated (with a
-        warning naming the line, the first being `first_line`)."""
+    def source_ids(self, lines: list[str], first_line: int = 1, tag_id: int | None = None) -> list[list[int]]:
+        """Lines → source piece ids, after the language tag `tag_id` when given: blank lines give [], lines
+        over the model's limit are truncated (a warning names the line, the first being `first_line`)."""
         src_ids = [ids if line.strip() else [] for line, ids in zip(lines, self.tok.encode_src(lines))]
-        limit = self.max_src_len - 1  # room for the EOS
+        tag = [] if tag_id is None else [tag_id]
+        limit = self.max_src_len - 1 - len(tag)  # room for the EOS and the tag
         for i, ids in enumerate(src_ids):
             if len(ids) > limit:
                 log.warning(
                     "line %d: %d pieces, truncated to the model's %d", first_line + i, len(ids), limit
                 )
                 src_ids[i] = ids[:limit]
-        return src_ids
+        return [tag + ids if ids else ids for ids in src_ids]
 
     @contextlib.contextmanager
     def bar(self, src_ids: list[list[int]]) -> Iterator[tqdm]:

@@ -5,6 +5,11 @@ covers the pieces the training targets have (`model.output_vocab: seen`; en-de k
 piece (`all`). One `OutputVocab` is built when training starts, saved in the model file with the weights (its
 `pieces` buffer), and is what the model (targets → columns, the output layer's rows), search (columns →
 pieces) and ensembles (members must have equal ones) use.
+
+A multilingual model's vocabulary also knows each target language's columns (`languages`, one row per
+language of `ModelConfig.tgt_langs`): the pieces that language's training targets have. Decoding into a
+language searches over its columns only (`for_language`), so a German hypothesis cannot take a piece that
+only French uses.
 """
 
 from __future__ import annotations
@@ -27,13 +32,35 @@ class OutputVocab(nn.Module):
     its weights."""
 
     pieces: torch.Tensor | None
+    languages: torch.Tensor | None
 
-    def __init__(self, size: int, pieces: torch.Tensor | None = None):
+    def __init__(self, size: int, pieces: torch.Tensor | None = None, languages: torch.Tensor | None = None):
+        """`languages` (L, V_out) bool: whether each column is one of target language l's; None: bilingual."""
         super().__init__()
         if pieces is not None and (pieces.dim() != 1 or pieces.numel() > size):
             raise ValueError(f"output vocabulary: {tuple(pieces.shape)} pieces of a vocabulary of {size}")
         self.size = size  # V: pieces of the target SentencePiece model
         self.register_buffer("pieces", None if pieces is None else pieces.long())
+        if languages is not None and (languages.dim() != 2 or languages.size(1) != self.rows):
+            raise ValueError(f"output vocabulary: language columns {tuple(languages.shape)} for {self.rows}")
+        self.register_buffer("languages", None if languages is None else languages.bool())
+
+    @classmethod
+    def from_state(cls, size: int, tensors: dict[str, torch.Tensor], prefix: str) -> "OutputVocab":
+        """The vocabulary a model's weights (`tensors`, its own under `prefix`) hold."""
+        return cls(size, tensors.get(prefix + "pieces"), tensors.get(prefix + "languages"))
+
+    def with_languages(self, seen: list[torch.Tensor]) -> "OutputVocab":
+        """This vocabulary with each target language's columns: those of its `seen` piece ids (specials
+        included)."""
+        columns = torch.zeros(len(seen), self.rows, dtype=torch.bool)
+        for row, pieces in zip(columns, seen):
+            row[self.columns(pieces)] = True
+        return OutputVocab(self.size, self.pieces, columns)
+
+    def for_language(self, index: int) -> "OutputVocab":
+        """A vocabulary of target language `index`'s pieces only: a search over its columns."""
+        return OutputVocab(self.size, self.to_pieces(self.languages[index].nonzero().squeeze(1)))
 
     @classmethod
     def build(cls, kind: str, size: int, seen: torch.Tensor | None) -> "OutputVocab":
@@ -80,9 +107,13 @@ class OutputVocab(nn.Module):
         return mask
 
     def same_as(self, other: "OutputVocab") -> bool:
-        if self.size != other.size or (self.pieces is None) != (other.pieces is None):
-            return False
-        return self.pieces is None or torch.equal(self.pieces.cpu(), other.pieces.cpu())
+        def same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+            if a is None or b is None:
+                return a is b
+            return torch.equal(a.cpu(), b.cpu())
+
+        pieces, languages = same(self.pieces, other.pieces), same(self.languages, other.languages)
+        return self.size == other.size and pieces and languages
 
     def extra_repr(self) -> str:
         return f"{self.rows} of {self.size} pieces"

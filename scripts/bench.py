@@ -14,6 +14,11 @@ beside the single models. The test sets are never used for a choice. Writes
 training minutes, every run). Directions not benchmarked this time keep their earlier rows, so
 `make bench BENCH=en-de` refreshes one direction only.
 
+`multilingual` (in the default list, last) trains `configs/multilingual.yaml` (six directions, 180 minutes)
+once and scores each of its directions on the test sets that have both languages, plus the zero-shot
+directions de→fr and fr→de on test_2016_flickr; `bench.md` then compares each direction that has a bilingual
+row with it.
+
 `--reuse` skips training where the run directory already holds a finished run of the same config.
 """
 
@@ -24,17 +29,21 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nmt.config import load_config  # noqa: E402
-from nmt.data import corpus_file  # noqa: E402
+from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
 from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
+MULTILINGUAL = "multilingual"  # configs/multilingual.yaml: one model, several directions
+GROUPS = DIRECTIONS + [MULTILINGUAL]  # what a benchmark run may name; each is one config
+ZERO_SHOT = {"de-fr": "test_2016_flickr", "fr-de": "test_2016_flickr"}  # directions it never trained on
 SEEDS = {"en-de": (1, 2)}  # the run-to-run spread of the default config; other directions: the config's seed
 BEAM = 5
 LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)  # GNMT alpha, chosen on the validation set
@@ -72,12 +81,47 @@ def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     return ours == theirs
 
 
+@dataclass
+class Task:
+    """What one row group scores: a direction of a model's config, on its validation and test prefixes."""
+
+    name: str  # the rows' direction: en-de, or "multilingual en-de"
+    group: str  # the config: en-de, ..., multilingual
+    src: str
+    tgt: str
+    valid: str
+    tests: list[str]
+    tgt_lang: str | None = None  # --tgt-lang, for a multilingual model
+
+    def files(self, prefix: str) -> tuple[Path, Path]:
+        return corpus_file(str(ROOT / prefix), self.src), corpus_file(str(ROOT / prefix), self.tgt)
+
+
+def bilingual_task(cfg, name: str) -> Task:
+    d = cfg.data
+    return Task(name, name, d.src_lang, d.tgt_lang, d.valid, list(d.test))
+
+
+def multilingual_tasks(cfg) -> list[Task]:
+    """Each trained direction on the test sets with both its languages, then the zero-shot ones."""
+    d, tasks = cfg.data, []
+    for direction in d.directions + list(ZERO_SHOT):
+        src, tgt = direction.split("-")
+        tests = [t for t in d.test if direction not in ZERO_SHOT or Path(t).name == ZERO_SHOT[direction]]
+        tests = [t for t in tests if has_side(str(ROOT / t), src) and has_side(str(ROOT / t), tgt)]
+        label = f"{MULTILINGUAL} {direction}" + (" (zero-shot)" if direction in ZERO_SHOT else "")
+        tasks.append(Task(label, MULTILINGUAL, src, tgt, d.valid, tests, tgt))
+    return tasks
+
+
 def evaluate(
-    models: list[Path], src: Path, ref: Path, alpha: float, json_path: Path, lang: str
+    models: list[Path], src: Path, ref: Path, alpha: float, json_path: Path, lang: str, tgt_lang: str | None
 ) -> tuple[dict, float]:
-    """`nmt evaluate` as a whole process, beam 5: its scores and its wall-clock seconds."""
+    """`nmt evaluate` as a whole process, beam 5 (into `tgt_lang` for a multilingual model): its scores and
+    its wall-clock seconds."""
     start = time.perf_counter()
     nmt(
+        *(["--tgt-lang", tgt_lang] if tgt_lang else []),
         "-q",
         "evaluate",
         "-m",
@@ -101,12 +145,11 @@ def evaluate(
     return result, seconds
 
 
-def choose_length_penalty(models: list[Path], cfg, out: Path) -> tuple[float, dict[str, float]]:
+def choose_length_penalty(models: list[Path], task: Task, out: Path) -> tuple[float, dict[str, float]]:
     """The length penalty with the best validation BLEU (the smallest of equals), and every one's BLEU."""
-    valid = [corpus_file(str(ROOT / cfg.data.valid), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang)]
-    lang = cfg.data.tgt_lang
+    valid = task.files(task.valid)
     bleu = {
-        alpha: evaluate(models, *valid, alpha, out / "valid.json", lang)[0]["bleu"]
+        alpha: evaluate(models, *valid, alpha, out / "valid.json", task.tgt, task.tgt_lang)[0]["bleu"]
         for alpha in LENGTH_PENALTIES
     }
     best = max(LENGTH_PENALTIES, key=lambda alpha: (bleu[alpha], -alpha))
@@ -137,20 +180,20 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
     return run_dir
 
 
-def bench_models(direction: str, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
-    """The rows of one model (one run dir) or ensemble (several) on the direction's test sets."""
-    cfg = load_config(config_path(direction))
+def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
+    """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / "best.safetensors" for run_dir in run_dirs]
     done = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
-    alpha, valid_bleu = choose_length_penalty(models, cfg, out)
+    alpha, valid_bleu = choose_length_penalty(models, task, out)
     rows = []
-    for prefix in cfg.data.test:
-        src, ref = (corpus_file(str(ROOT / prefix), lang) for lang in (cfg.data.src_lang, cfg.data.tgt_lang))
-        json_path = out / f"{direction}.{Path(prefix).name}.json"
-        result, seconds = evaluate(models, src, ref, alpha, json_path, cfg.data.tgt_lang)
+    for prefix in task.tests:
+        src, ref = task.files(prefix)
+        json_path = out / f"{task.src}-{task.tgt}.{Path(prefix).name}.json"
+        result, seconds = evaluate(models, src, ref, alpha, json_path, task.tgt, task.tgt_lang)
         rows.append(
             {
-                "direction": direction,
+                "direction": task.name,
+                "group": task.group,
                 "seed": label,
                 "test_set": Path(prefix).name,
                 "bleu": result["bleu"],
@@ -174,13 +217,41 @@ def bench_models(direction: str, label: str, run_dirs: list[Path], out: Path) ->
 
 
 def bench_direction(direction: str, reuse: bool, out: Path) -> list[dict]:
-    """Each seed's model, then (with several seeds) their ensemble, beside them."""
-    seeds = SEEDS.get(direction, (load_config(config_path(direction)).train.seed,))
+    """Each seed's model, then (with several seeds) their ensemble, beside them; the multilingual config's
+    one model in each of its directions."""
+    cfg = load_config(config_path(direction))
+    seeds = SEEDS.get(direction, (cfg.train.seed,))
     run_dirs = [train_run(direction, seed, reuse) for seed in seeds]
-    rows = [row for seed, d in zip(seeds, run_dirs) for row in bench_models(direction, str(seed), [d], out)]
+    if direction == MULTILINGUAL:
+        return [row for task in multilingual_tasks(cfg) for row in bench_models(task, "1", run_dirs, out)]
+    task = bilingual_task(cfg, direction)
+    rows = [row for seed, d in zip(seeds, run_dirs) for row in bench_models(task, str(seed), [d], out)]
     if len(run_dirs) > 1:
-        rows += bench_models(direction, "+".join(map(str, seeds)) + " (ensemble)", run_dirs, out)
+        rows += bench_models(task, "+".join(map(str, seeds)) + " (ensemble)", run_dirs, out)
     return rows
+
+
+def against_bilingual(rows: list[dict]) -> list[str]:
+    """Lines comparing each multilingual direction with the bilingual model of its direction (its config's
+    seed), test set by test set: the goal is within 0.5 BLEU, and en→cs above."""
+    bilingual = {
+        (r["direction"], r["test_set"]): r["bleu"]
+        for r in rows
+        if r.get("group", r["direction"]) in DIRECTIONS and r.get("seed", "1") == "1"
+    }
+    lines = []
+    for r in rows:
+        direction = r["direction"].removeprefix(f"{MULTILINGUAL} ")
+        if r.get("group") != MULTILINGUAL or (direction, r["test_set"]) not in bilingual:
+            continue
+        delta = r["bleu"] - bilingual[direction, r["test_set"]]
+        goal = delta > 0 if direction == "en-cs" else delta >= -0.5
+        theirs = bilingual[direction, r["test_set"]]
+        lines.append(
+            f"- {direction}, {r['test_set']}: {r['bleu']:.2f} against {theirs:.2f} ({delta:+.2f}): "
+            f"{'meets' if goal else 'misses'} the goal"
+        )
+    return lines
 
 
 def write_table(rows: list[dict], path: Path) -> None:
@@ -211,6 +282,14 @@ def write_table(rows: list[dict], path: Path) -> None:
         + ". Beam 5. Whole-process translation speed: start-up and model load included. "
         "An ensemble's minutes, steps and parameters are its runs' sums.",
     ]
+    comparison = against_bilingual(rows)
+    if comparison:
+        lines += [
+            "",
+            "Multilingual model against the bilingual one of each direction (the goal: within 0.5 BLEU, "
+            "en→cs above it):",
+            *comparison,
+        ]
     write_text(path, "\n".join(lines) + "\n")
 
 
@@ -239,18 +318,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Checked by hand: with nargs="*" and no direction given, argparse (3.11) checks the whole empty list
     # against `choices` and refuses it.
     parser.add_argument(
-        "directions", nargs="*", metavar="DIRECTION", help=f"any of {', '.join(DIRECTIONS)} (default all)"
+        "directions", nargs="*", metavar="DIRECTION", help=f"any of {', '.join(GROUPS)} (default all)"
     )
     parser.add_argument(
         "--reuse", action="store_true", help="use a finished run of the same config instead of training"
     )
     parser.add_argument("--out", default=ROOT / "results", type=Path)
     args = parser.parse_args(argv)
-    unknown = [d for d in args.directions if d not in DIRECTIONS]
+    unknown = [d for d in args.directions if d not in GROUPS]
     if unknown:
-        parser.error(f"unknown direction {unknown[0]!r} (choose from {', '.join(DIRECTIONS)})")
-    args.directions = args.directions or DIRECTIONS
+        parser.error(f"unknown direction {unknown[0]!r} (choose from {', '.join(GROUPS)})")
+    args.directions = args.directions or GROUPS
     return args
+
+
+def order(row: dict) -> tuple:
+    """Rows by group, the ensemble after the single models; a bilingual group's by test set, the multilingual
+    one's in the order of its directions (as made)."""
+    group = row.get("group", row["direction"])
+    test_set = "" if group == MULTILINGUAL else row["test_set"]
+    return GROUPS.index(group), "ensemble" in row.get("seed", ""), test_set
 
 
 def main() -> None:
@@ -260,10 +347,8 @@ def main() -> None:
     table = args.out / "bench.json"
     earlier = json.loads(table.read_text(encoding="utf-8")) if table.is_file() else []
     fresh = [row for d in args.directions for row in bench_direction(d, args.reuse, args.out)]
-    rows = [r for r in earlier if r["direction"] not in args.directions] + fresh
-    rows.sort(
-        key=lambda r: (DIRECTIONS.index(r["direction"]), "ensemble" in r.get("seed", ""), r["test_set"])
-    )
+    rows = [r for r in earlier if r.get("group", r["direction"]) not in args.directions] + fresh
+    rows.sort(key=order)
     write_text(table, json.dumps(rows, indent=1) + "\n")
     write_table(rows, args.out / "bench.md")
     plot(rows, args.out / "valid_bleu.png")

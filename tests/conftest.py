@@ -79,6 +79,34 @@ WORDS = {
 }
 
 
+# A third toy language, for multilingual runs: no word shared with English or German.
+FRENCH = {
+    "red": "rouge",
+    "blue": "bleu",
+    "green": "vert",
+    "dog": "chien",
+    "cat": "chat",
+    "man": "homme",
+    "woman": "femme",
+    "house": "maison",
+    "runs": "court",
+    "sleeps": "dort",
+    "big": "grand",
+    "small": "petit",
+}
+
+
+def toy_multilingual(folder: Path, name: str, n: int, seed: int) -> str:
+    """The same toy sentences in en, de and fr (`<folder>/<name>.<lang>`): parallel in every direction."""
+    rng = random.Random(seed)
+    sentences = [[rng.choice(list(WORDS)) for _ in range(rng.randint(1, 6))] for _ in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, words in [("en", {w: w for w in WORDS}), ("de", WORDS), ("fr", FRENCH)]:
+        lines = [" ".join(words[w] for w in s) for s in sentences]
+        (folder / f"{name}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(folder / name)
+
+
 def toy_corpus(folder: Path, name: str, n: int, seed: int, src: str = "en", tgt: str = "de") -> str:
     """A word-for-word toy language pair (`<folder>/<name>.<lang>`), learnable in a few hundred steps."""
     rng = random.Random(seed)
@@ -137,35 +165,34 @@ def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Completed
     )
 
 
+def train_toy_run(work: Path, splits: dict[str, str], data: dict, train: dict, *flags: str) -> None:
+    """`nmt train` in `work` on the toy splits: a small model, the given data and train keys on top."""
+    config = {
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [splits["test"]],
+            "cache_dir": str(work / "cache"),
+        }
+        | data,
+        "model": {"emb_size": 32, "enc_hidden": 32, "dec_hidden": 48, "dropout": 0.1},
+        "train": {"run_dir": str(work / "run"), "batch_tokens": 400, "lr": 0.005, "time_budget_min": 5}
+        | train,
+        "decode": {"beam": 3},
+    }
+    (work / "toy.yaml").write_text(yaml.safe_dump(config))
+    result = nmt("train", "toy.yaml", *flags, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """One tiny training run through `nmt train` (120 steps on the toy pair), shared by the end-to-end
     tests."""
     work = tmp_path_factory.mktemp("e2e")
     splits = toy_splits(work / "toy")
-    config = {
-        "data": {
-            "train": splits["train"],
-            "valid": splits["valid"],
-            "test": [splits["test"]],
-            "vocab_size": 60,
-            "cache_dir": str(work / "cache"),
-        },
-        "model": {"emb_size": 32, "enc_hidden": 32, "dec_hidden": 48, "dropout": 0.1},
-        "train": {
-            "run_dir": str(work / "run"),
-            "batch_tokens": 400,
-            "lr": 0.005,
-            "valid_every": 40,
-            "log_every": 20,
-            "max_steps": 120,
-            "time_budget_min": 5,
-        },
-        "decode": {"beam": 3},
-    }
-    (work / "toy.yaml").write_text(yaml.safe_dump(config))
-    result = nmt("train", "toy.yaml", "--train.seed=2", cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train = {"valid_every": 40, "log_every": 20, "max_steps": 120}
+    train_toy_run(work, splits, {"vocab_size": 60}, train, "--train.seed=2")
     return {
         "work": work,
         "run": work / "run",

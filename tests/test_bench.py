@@ -47,7 +47,8 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     assert bench.run_dir_for(cfg, 1) == run and bench.run_dir_for(cfg, 2) == run.with_name("run-seed2")
 
     # The length penalty is the one with the best validation BLEU, each scored by a real `nmt evaluate`.
-    alpha, bleu = bench.choose_length_penalty([run / "best.safetensors"], bench.load_config(path), tmp_path)
+    task = bench.bilingual_task(bench.load_config(path), "toy")
+    alpha, bleu = bench.choose_length_penalty([run / "best.safetensors"], task, tmp_path)
     assert list(bleu) == [str(a) for a in bench.LENGTH_PENALTIES]
     assert bleu[str(alpha)] == max(bleu.values()) and all(
         a >= alpha for a in bench.LENGTH_PENALTIES if bleu[str(a)] == bleu[str(alpha)]
@@ -105,10 +106,66 @@ def test_table_and_plot(tmp_path):
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_directions_default_to_all_four():
+def test_directions_default_to_all_configs():
     """`make bench` passes no direction: that means every config (argparse once refused its own default)."""
-    assert bench.parse_args([]).directions == bench.DIRECTIONS
-    assert bench.parse_args(["--reuse"]).directions == bench.DIRECTIONS
+    assert bench.parse_args([]).directions == bench.DIRECTIONS + ["multilingual"]
+    assert bench.parse_args(["--reuse"]).directions == bench.GROUPS
     assert bench.parse_args(["de-en", "en-cs"]).directions == ["de-en", "en-cs"]
     with pytest.raises(SystemExit):
         bench.parse_args(["xx-yy"])
+
+
+def test_multilingual_rows_and_their_comparison(tmp_path):
+    """The multilingual group scores each trained direction on the test sets that have both its languages
+    (no Czech test_2017 here), then the zero-shot ones; the table compares it with the bilingual rows."""
+    folder = tmp_path / "toy"
+    for name, langs in [
+        ("val", "en de fr cs"),
+        ("test_2016_flickr", "en de fr cs"),
+        ("test_2017_flickr", "en de fr"),
+    ]:
+        folder.mkdir(exist_ok=True)
+        for lang in langs.split():
+            (folder / f"{name}.{lang}").write_text("x\n")
+    cfg = bench.load_config(ROOT / "configs" / "multilingual.yaml")
+    cfg.data.valid = str(folder / "val")
+    cfg.data.test = [str(folder / "test_2016_flickr"), str(folder / "test_2017_flickr")]
+    tasks = bench.multilingual_tasks(cfg)
+    assert [t.name for t in tasks][-2:] == [
+        "multilingual de-fr (zero-shot)",
+        "multilingual fr-de (zero-shot)",
+    ]
+    by_name = {t.name: t for t in tasks}
+    assert [Path(p).name for p in by_name["multilingual en-de"].tests] == [
+        "test_2016_flickr",
+        "test_2017_flickr",
+    ]
+    assert [Path(p).name for p in by_name["multilingual cs-en"].tests] == ["test_2016_flickr"]
+    assert [Path(p).name for p in by_name["multilingual de-fr (zero-shot)"].tests] == ["test_2016_flickr"]
+    assert (
+        by_name["multilingual en-cs"].tgt_lang == "cs"
+        and by_name["multilingual en-cs"].group == "multilingual"
+    )
+
+    def row(direction, group, seed, bleu):
+        return {
+            "direction": direction,
+            "group": group,
+            "seed": seed,
+            "test_set": "test_2016_flickr",
+            "bleu": bleu,
+        }
+
+    rows = [
+        row("en-de", "en-de", "1", 38.0),
+        row("en-de", "en-de", "2", 39.9),  # another seed: not the comparison's
+        row("en-cs", "en-cs", "1", 30.0),
+        row("multilingual en-de", "multilingual", "1", 37.6),
+        row("multilingual en-cs", "multilingual", "1", 30.0),
+        row("multilingual cs-en", "multilingual", "1", 35.0),  # no bilingual cs-en: no comparison
+    ]
+    lines = bench.against_bilingual(rows)
+    assert lines == [
+        "- en-de, test_2016_flickr: 37.60 against 38.00 (-0.40): meets the goal",
+        "- en-cs, test_2016_flickr: 30.00 against 30.00 (+0.00): misses the goal",
+    ]

@@ -95,7 +95,12 @@ def records(run: Path, kind: str) -> list[dict]:
 
 
 def test_every_model_key_is_architecture_taken_from_the_config_or_derived():
-    derived = {"src_vocab_size", "tgt_vocab_size", "out_vocab_size"}
+    derived = {
+        "src_vocab_size",
+        "tgt_vocab_size",
+        "out_vocab_size",
+        "directions",
+    }  # directions: checked apart
     keys = {f.name for f in dataclasses.fields(ModelConfig)}
     assert keys == set(ARCHITECTURE) | set(TAKEN_FROM_CONFIG) | derived
     for key in ARCHITECTURE:
@@ -127,10 +132,10 @@ def test_fine_tuning_starts_where_the_model_is(tmp_path, trained, new_data):
     assert all(torch.equal(mine[name], t) for name, t in model.state_dict().items())
     with evaluating(trainer.model):
         loss = validation_loss(trainer.model, prepared.valid_ds, cfg.train.batch_tokens)
-        hyps = trainer.translator.translate(prepared.valid_text["src"])
+        hyps = trainer.translator.translate(prepared.valid_sets[0].src)
     reference = Translator(model, tok, "fp32", dataclasses.replace(cfg.decode, beam=cfg.train.valid_beam))
     assert loss == validation_loss(model, prepared.valid_ds, cfg.train.batch_tokens)
-    assert hyps == reference.translate(prepared.valid_text["src"])
+    assert hyps == reference.translate(prepared.valid_sets[0].src)
     assert trainer.validate()["valid_loss"] == round(loss, 4)
 
 
