@@ -15,6 +15,7 @@ import torch
 
 from nmt.batch import length_batches, make_batch
 from nmt.search import Searchable, force
+from nmt.tokenizer import is_tag
 
 EOS_LABEL = "</s>"
 WORD_START = "\u2581"  # SentencePiece's ▁: this piece begins a word
@@ -47,15 +48,17 @@ def word_index(pieces: list[str]) -> list[int]:
 
 def hard_alignment(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> str:
     """Pharaoh pairs `i-j` (0-based source word i, target word j), sorted: each target piece is aligned to the
-    source piece it attends to most (the EOS of either side is left out), and the pair lifted to their
-    words."""
+    source piece it attends to most (the EOS of either side and a language tag are left out), and the pair
+    lifted to their words."""
     if not src_pieces or not tgt_pieces:
         return ""
     best = (
         weights[: len(tgt_pieces), : len(src_pieces)].argmax(dim=1).tolist()
     )  # (T,) source piece per target piece
-    src_words, tgt_words = word_index(src_pieces), word_index(tgt_pieces)
-    pairs = sorted({(src_words[s], tgt_words[t]) for t, s in enumerate(best)})
+    tagged = is_tag(src_pieces[0])  # a multilingual source's language tag: no word of the input
+    src_words = [-1] * tagged + word_index(src_pieces[tagged:])
+    tgt_words = word_index(tgt_pieces)
+    pairs = sorted({(src_words[s], tgt_words[t]) for t, s in enumerate(best) if src_words[s] >= 0})
     return " ".join(f"{i}-{j}" for i, j in pairs)
 
 

@@ -27,6 +27,10 @@ def tag(lang: str) -> str:
     return f"<2{lang}>"
 
 
+def is_tag(piece: str) -> bool:
+    return piece.startswith("<2") and piece.endswith(">")
+
+
 def train_spm(
     sentences: Iterable[str],
     vocab_size: int,

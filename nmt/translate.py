@@ -7,6 +7,7 @@ validation during training all go through it:
     from nmt import Translator
     translator = Translator.load("runs/en-de/best.safetensors", precision="int8")
     translator.translate(["A dog runs in the park."], beam=5)
+    Translator.load("runs/multilingual/best.safetensors").translate(["A dog runs."], tgt_lang="fr")
 
 Lines are encoded, sorted by length into batches (less padding), decoded (side by side on a CPU's threads) and
 put back in input order: one translation per line. Empty lines give empty lines without touching the model;

@@ -133,6 +133,11 @@ def test_hard_alignment_lifts_pieces_to_words():
     weights[4, 4] = 0.5
     assert hard_alignment(weights, src, tgt) == "0-0 1-1 2-2"
     assert hard_alignment(weights[:1, :1], [], []) == ""
+    # A multilingual source's language tag is no word of the input: the same words, a piece further on.
+    tagged = torch.cat([torch.zeros(len(tgt) + 1, 1), weights], dim=1)
+    tagged[0] = 0.0
+    tagged[0, 0] = 1.0  # the first target piece looks at the tag: it aligns to no word
+    assert hard_alignment(tagged, ["<2de>"] + src, tgt) == "1-1 2-2"
 
 
 def test_heatmap_names_sort_in_line_order():
