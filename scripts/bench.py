@@ -60,7 +60,7 @@ def records(run_dir: Path) -> list[dict]:
 
 def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     """A finished run (a `done` record and a model) whose saved config is the one given with its `overrides`
-    (vocabulary and output layer sizes and decoding settings aside)."""
+    (what training fills into the model section, and decoding settings, aside)."""
     saved = run_dir / "config.yaml"
     if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
         return False
@@ -72,7 +72,7 @@ def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     ]:  # a run from before `output_vocab` had an output layer over all pieces
         theirs["model"]["output_vocab"] = "all"
     for cfg in (ours, theirs):
-        cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0, out_vocab_size=0)
+        cfg["model"].update(src_vocab_size=0, tgt_vocab_size=0, out_vocab_size=0, directions=[])  # filled in
         cfg["train"]["precision"] = "auto"  # a run records the precision `auto` resolved to
         cfg["data"]["spm_sentences"] = (
             0  # only used to train SentencePiece, which a rerun takes from the run dir

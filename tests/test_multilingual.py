@@ -276,3 +276,19 @@ def test_the_server_takes_a_language(multilingual):
     without = TestClient(create_app(translator, info)).post("/translate", json={"text": ["red dog"]})
     assert without.status_code == 422 and "no target language given" in without.json()["error"]
     assert 'id="tgt_lang"' in client.get("/").text
+
+
+def test_the_benchmark_reuses_a_finished_multilingual_run(multilingual):
+    """`make bench ARGS=--reuse` must know the run: its config.yaml records the directions training filled
+    into the model section, which the config it was trained from does not have."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    assert bench.finished(multilingual["run"], multilingual["work"] / "toy.yaml")
+    assert not bench.finished(
+        multilingual["run"], multilingual["work"] / "toy.yaml", ["--data.temperature=2"]
+    )
