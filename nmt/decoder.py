@@ -199,16 +199,16 @@ class Decoder(nn.Module):
                 else self.vocab.columns(torch.arange(self.vocab.size, device=self.embed.weight.device))
             )
             embeddings = self.vocab.select(self.embed.weight)  # (V_out, E)
-            layout = step_weights(
-                self.rnn, embeddings, rows, self.combine, self.folded_output(), self.precision
-            )
+            output, languages = self.folded_output(), self.vocab.languages
+            layout = step_weights(self.rnn, embeddings, rows, self.combine, output, self.precision, languages)
             self._step_cache = (key, layout)
         return self._step_cache[1]
 
     def step(
-        self, prev: torch.Tensor, state: DecoderState
+        self, prev: torch.Tensor, state: DecoderState, language: int | None = None
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """Decoding: prev (N,) last pieces → logits (N, V_out), the next state, attention (N, S).
+        """Decoding: prev (N,) last pieces → logits (N, V_out), the next state, attention (N, S); with
+        `language`, a multilingual decoder's logits of that target language's columns only (N, V_lang).
 
         The function `run` computes on one token, with the LSTM and output layer in `nmt.fastpath`'s step
         layout, for `prev` among the output layer's pieces (all that search feeds back; another piece reads
@@ -222,4 +222,5 @@ class Decoder(nn.Module):
         vector, weights = self._attend(h[-1].unsqueeze(1), state, combine)  # (N, 1, H), (N, 1, S)
         vector = vector.squeeze(1)  # (N, H)
         new_state = DecoderState(h, c, vector, state.memory, state.keys, state.mask)
-        return w.output(vector), new_state, weights[:, 0]
+        output = w.output if language is None else w.by_language[language]
+        return output(vector), new_state, weights[:, 0]

@@ -45,10 +45,11 @@ class Ensemble:
         return EnsembleState([m.encode(src, src_lens) for m in self.models])
 
     def step(
-        self, prev: torch.Tensor, state: EnsembleState
+        self, prev: torch.Tensor, state: EnsembleState, language: int | None = None
     ) -> tuple[torch.Tensor, EnsembleState, torch.Tensor]:
-        """log of the members' mean probability (N, V), their states, their mean attention (N, S)."""
-        outs = [m.step(prev, s) for m, s in zip(self.models, state.states)]
+        """log of the members' mean probability (N, V), their states, their mean attention (N, S); `language`
+        as for `Seq2Seq.step`."""
+        outs = [m.step(prev, s, language) for m, s in zip(self.models, state.states)]
         logp = torch.logsumexp(torch.stack([o[0] for o in outs]), dim=0) - math.log(len(outs))
         attention = torch.stack([o[2] for o in outs]).mean(dim=0)
         return logp, EnsembleState([o[1] for o in outs]), attention

@@ -18,6 +18,7 @@ and the log-softmax stay in fp32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import warnings
 from collections.abc import Iterator
@@ -122,6 +123,8 @@ class StepWeights:
     layer_bias: list[torch.Tensor | None]  # (4H,) for layers above 0; None for layer 0 (in the table)
     combine: FrozenLinear  # [h; context] → H
     output: FrozenLinear  # attentional vector (H) → logits (V_out)
+    # a multilingual decoder's output layer per target language: H → logits of that language's columns only
+    by_language: list[FrozenLinear] = dataclasses.field(default_factory=list)
 
     def lstm(
         self, prev: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feed: torch.Tensor | None
@@ -155,10 +158,12 @@ def step_weights(
     combine: torch.nn.Linear,
     output: tuple[torch.Tensor, torch.Tensor | None],
     precision: str,
+    languages: torch.Tensor | None = None,
 ) -> StepWeights:
     """The step layout of a decoder: its `lstm`, the `embeddings` (V_out, E) of the pieces its output layer
     has (the only ones decoding feeds back), `row` (V,) the row of each piece among them (None: all pieces, in
-    order), its `combine` layer, and its output layer folded into one matrix (V_out, H) and bias (V_out,)."""
+    order), its `combine` layer, its output layer folded into one matrix (V_out, H) and bias (V_out,), and
+    with `languages` (L, V_out) each language's rows of it, as an output layer of their own."""
     if precision == "int8":
         use_quantized_engine()
     emb_size = embeddings.size(1)
@@ -173,7 +178,14 @@ def step_weights(
         layers.append(FrozenLinear(torch.cat([w_ih, w_hh], dim=1), None, precision))
         biases.append(bias)
     linear = FrozenLinear(combine.weight, combine.bias, precision)
-    return StepWeights(table.contiguous(), row, layers, biases, linear, FrozenLinear(*output, precision))
+    weight, bias = output
+    by_language = [
+        FrozenLinear(weight[columns], None if bias is None else bias[columns], precision)
+        for columns in ([] if languages is None else languages)
+    ]
+    return StepWeights(
+        table.contiguous(), row, layers, biases, linear, FrozenLinear(weight, bias, precision), by_language
+    )
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,11 +124,12 @@ class Seq2Seq(nn.Module):
         )
 
     def step(
-        self, prev: torch.Tensor, state: DecoderState
+        self, prev: torch.Tensor, state: DecoderState, language: int | None = None
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Decoding: prev (N,) last pieces → log-probabilities (N, V_out) of the next (column j is piece
-        `vocab.to_pieces(j)`), the new state, attention (N, S)."""
-        logits, state, weights = self.decoder.step(prev, state)  # logits fp32, new: overwritten in place
+        `vocab.to_pieces(j)`), the new state, attention (N, S). With `language` (a multilingual model's target
+        language index), over that language's columns only (N, V_lang): `vocab.for_language(language)`'s."""
+        logits, state, weights = self.decoder.step(prev, state, language)  # fp32, new: overwritten in place
         return torch.log_softmax(logits, dim=-1, out=logits), state, weights
 
     def set_precision(self, precision: str) -> "Seq2Seq":

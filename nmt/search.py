@@ -38,13 +38,14 @@ class Searchable(Protocol):
 
 
 class InLanguage:
-    """A multilingual model (or ensemble) searched over one target language's columns only (`vocab`, a
-    subset of its own): its log-probabilities renormalised over them, so every score is a probability within
-    that language."""
+    """A multilingual model (or ensemble) searched in one target language: its decoder's output layer cut to
+    that language's rows (`vocab`, a subset of the model's columns), so a hypothesis can take none of the
+    other languages' pieces, every score is a probability within the language, and each step computes fewer
+    logits."""
 
-    def __init__(self, model: Searchable, vocab: OutputVocab):
-        self.model, self.vocab = model, vocab
-        self.columns = model.vocab.columns(vocab.pieces.to(model.device))  # (V_lang,): the model's columns
+    def __init__(self, model: Searchable, language: int):
+        self.model, self.language = model, language
+        self.vocab = model.vocab.for_language(language)
 
     @property
     def device(self) -> torch.device:
@@ -57,8 +58,7 @@ class InLanguage:
         return self.model.encode(src, src_lens)
 
     def step(self, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        logp, state, weights = self.model.step(prev, state)  # (N, V_out)
-        return torch.log_softmax(logp.index_select(1, self.columns), dim=-1), state, weights
+        return self.model.step(prev, state, self.language)  # (N, V_lang)
 
 
 @dataclass

@@ -135,8 +135,7 @@ class Translator:
             said = "no target language given" if tgt_lang is None else f"target language {tgt_lang!r}"
             raise NMTError(f"{said}: this model translates into {', '.join(langs)} (--tgt-lang, tgt_lang)")
         if tgt_lang not in self.in_language:
-            vocab = self.model.vocab.for_language(langs.index(tgt_lang))
-            self.in_language[tgt_lang] = InLanguage(self.model, vocab)
+            self.in_language[tgt_lang] = InLanguage(self.model, langs.index(tgt_lang))
         return self.in_language[tgt_lang], self.tok.tag_id(tgt_lang)
 
     def options(self, **overrides) -> DecodeConfig:
