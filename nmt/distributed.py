@@ -10,6 +10,7 @@ Without WORLD_SIZE > 1 nothing here does anything: a plain `nmt train` is a worl
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -75,5 +76,8 @@ def join(device: torch.device) -> World:
 
 
 def leave(world: World) -> None:
+    """Destroy the process group, once what still refers to it (a DDP wrapper in a reference cycle) is
+    collected."""
     if world.size > 1 and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

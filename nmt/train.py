@@ -51,14 +51,29 @@ def train(cfg: Config, resume: bool = False) -> Path:
     threads = torch.get_num_threads()
     try:
         with run_files(run_dir, world.main, cfg.train.tensorboard) as metrics:
-            trainer = build(cfg, resume, run_dir, metrics, start, world, world.device(device))
-            trainer.loop()
-            trainer.average_last()
-            finish(cfg, trainer)
+            run(cfg, resume, run_dir, metrics, start, world, world.device(device))
     finally:
         torch.set_num_threads(threads)
         leave(world)
     return run_dir / BEST
+
+
+def run(
+    cfg: Config,
+    resume: bool,
+    run_dir: Path,
+    metrics: MetricsLog,
+    start: float,
+    world: World,
+    device: torch.device,
+) -> None:
+    """Build, the loop, the average, finish. The trainer lives in here only: its DistributedDataParallel
+    wrapper holds the process group, and is gone by the time `leave` destroys it (a group outliving that
+    into interpreter shutdown once got a rank aborted by Gloo)."""
+    trainer = build(cfg, resume, run_dir, metrics, start, world, device)
+    trainer.loop()
+    trainer.average_last()
+    finish(cfg, trainer)
 
 
 def build(
