@@ -26,9 +26,9 @@ def token_loss_sum(logits: torch.Tensor, target: torch.Tensor, label_smoothing: 
 def rdrop_loss_sum(
     logits_a: torch.Tensor, logits_b: torch.Tensor, target: torch.Tensor, label_smoothing: float, alpha: float
 ) -> torch.Tensor:
-    """Two passes' logits (N, V) for the same N real targets (N,), under different dropout masks → summed over
-    the N tokens: the mean of the two cross-entropies plus alpha/4 × the symmetric KL divergence between the
-    passes. Per pass, that is R-Drop's loss (Liang et al. 2021: CE_a + CE_b + alpha/2 (KL(a|b) + KL(b|a)))
+    """Two passes' logits (N, V) for the same N real targets (N,), under different dropout masks → summed
+    over the N tokens: the mean of the two cross-entropies plus alpha/4 × the symmetric KL divergence between
+    the passes. Per pass, that is R-Drop's loss (Liang et al. 2021: CE_a + CE_b + alpha/2 (KL(a|b) + KL(b|a)))
     halved, so alpha keeps the paper's meaning and the scale per token stays that of one pass."""
     ce = token_loss_sum(logits_a, target, label_smoothing) + token_loss_sum(logits_b, target, label_smoothing)
     logp_a = torch.log_softmax(logits_a.float(), dim=-1)

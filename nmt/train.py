@@ -51,29 +51,20 @@ def train(cfg: Config, resume: bool = False) -> Path:
     threads = torch.get_num_threads()
     try:
         with run_files(run_dir, world.main, cfg.train.tensorboard) as metrics:
-            run(cfg, resume, run_dir, metrics, start, world, world.device(device))
+            # No name keeps the trainer: its DistributedDataParallel wrapper holds the process group, and is
+            # freed before `leave` destroys it (a group outliving that once got a rank aborted by Gloo).
+            finish(cfg, trained(build(cfg, resume, run_dir, metrics, start, world, world.device(device))))
     finally:
         torch.set_num_threads(threads)
         leave(world)
     return run_dir / BEST
 
 
-def run(
-    cfg: Config,
-    resume: bool,
-    run_dir: Path,
-    metrics: MetricsLog,
-    start: float,
-    world: World,
-    device: torch.device,
-) -> None:
-    """Build, the loop, the average, finish. The trainer lives in here only: its DistributedDataParallel
-    wrapper holds the process group, and is gone by the time `leave` destroys it (a group outliving that
-    into interpreter shutdown once got a rank aborted by Gloo)."""
-    trainer = build(cfg, resume, run_dir, metrics, start, world, device)
+def trained(trainer: Trainer) -> Trainer:
+    """The loop, then the mean of the last validations' models (`train.average_last`)."""
     trainer.loop()
     trainer.average_last()
-    finish(cfg, trainer)
+    return trainer
 
 
 def build(
@@ -254,8 +245,8 @@ def score_test_sets(cfg: Config, run_dir: Path, device: torch.device, metrics: M
     translator = Translator.load(run_dir / BEST, str(device), decode=cfg.decode)
     d = cfg.data
     for split in d.test:
+        name = data.split_name(d, split)
         for src_lang, tgt_lang in data.test_pairs(d, split):
-            name = data.split_name(d, split)
             text = data.load_text(d, split, (src_lang, tgt_lang))
             hyps = translator.translate(list(text["src"]), tgt_lang=tgt_lang if d.directions else None)
             direction = f"{src_lang}-{tgt_lang}"

@@ -14,10 +14,10 @@ beside the single models. The test sets are never used for a choice. Writes
 training minutes, every run). Directions not benchmarked this time keep their earlier rows, so
 `make bench BENCH=en-de` refreshes one direction only.
 
-`multilingual` (in the default list, last) trains `configs/multilingual.yaml` (six directions, 180 minutes)
-once and scores each of its directions on the test sets that have both languages, plus the zero-shot
-directions de→fr and fr→de on test_2016_flickr; `bench.md` then compares each direction that has a bilingual
-row with it.
+`multilingual` (in the default list, last) trains `configs/multilingual.yaml` (six directions, 180
+minutes) once and scores each of its directions on the test sets that have both languages, plus the
+zero-shot directions de→fr and fr→de on test_2016_flickr; `bench.md` then compares each direction that has
+a bilingual row with it.
 
 `--reuse` skips training where the run directory already holds a finished run of the same config.
 """
