@@ -40,7 +40,8 @@ test:
 	$(PYTHON) -m pytest -q tests
 
 # Quality: train each direction's config (60 minutes each), score beam 5 on its test sets, write results/.
-# BENCH=en-de (or several, space-separated) runs those directions only; ARGS=--reuse keeps finished runs.
+# BENCH=en-de (or several, space-separated) runs those directions only; ARGS=--reuse keeps finished runs
+# and continues interrupted ones (Ctrl-C), so the benchmark can run in pieces.
 BENCH ?=
 bench:
 	$(PYTHON) scripts/bench.py $(BENCH) $(ARGS)

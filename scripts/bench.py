@@ -19,7 +19,9 @@ minutes) once and scores each of its directions on the test sets that have both 
 zero-shot directions de→fr and fr→de on test_2016_flickr; `bench.md` then compares each direction that has
 a bilingual row with it.
 
-`--reuse` skips training where the run directory already holds a finished run of the same config.
+`--reuse` skips training where the run directory already holds a finished run of the same config, and
+continues (`nmt train --resume`) one of the same config that was stopped with Ctrl-C: a benchmark longer than
+a sitting runs in pieces, each `make bench ARGS=--reuse` taking it further.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from nmt.config import load_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
+from nmt.rundir import BEST, CHECKPOINT  # noqa: E402
 from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
@@ -58,13 +61,11 @@ def records(run_dir: Path) -> list[dict]:
     return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
-def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
-    """A finished run (a `done` record and a model) whose saved config is the one given with its `overrides`
-    (what training fills into the model section, and decoding settings, aside)."""
+def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
+    """The run directory's saved config is the one given with its `overrides` (what training fills into the
+    model section, and decoding settings, aside)."""
     saved = run_dir / "config.yaml"
-    if not (saved.is_file() and (run_dir / "best.safetensors").is_file()):
-        return False
-    if not any(r["type"] == "done" for r in records(run_dir)):
+    if not saved.is_file():
         return False
     ours, theirs = load_config(config, overrides).to_dict(), load_config(saved).to_dict()
     if not theirs["model"][
@@ -79,6 +80,22 @@ def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
         )
         del cfg["decode"]  # decoding settings do not change the trained model
     return ours == theirs
+
+
+def done(run_dir: Path) -> bool:
+    """Training reached its end (a `done` record), as opposed to a run stopped by Ctrl-C or not started."""
+    return any(r["type"] == "done" for r in records(run_dir))
+
+
+def finished(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
+    """A finished run (a `done` record and a model) of the config given with its `overrides`."""
+    return (run_dir / BEST).is_file() and done(run_dir) and same_config(run_dir, config, overrides)
+
+
+def interrupted(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
+    """A run of the config given with its `overrides` that stopped before its end with a checkpoint (Ctrl-C),
+    which `nmt train --resume` continues exactly."""
+    return (run_dir / CHECKPOINT).is_file() and not done(run_dir) and same_config(run_dir, config, overrides)
 
 
 @dataclass
@@ -175,6 +192,9 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
     overrides = [] if seed == cfg.train.seed else [f"--train.seed={seed}", f"--train.run_dir={run_dir}"]
     if reuse and finished(run_dir, config, overrides):
         print(f"{direction} (seed {seed}): reusing the finished run in {run_dir}", flush=True)
+    elif reuse and interrupted(run_dir, config, overrides):
+        print(f"{direction} (seed {seed}): continuing the interrupted run in {run_dir}", flush=True)
+        nmt("train", str(config), *overrides, "--resume")
     else:
         nmt("train", str(config), *overrides)
     return run_dir
@@ -182,7 +202,7 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
 
 def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
-    models = [run_dir / "best.safetensors" for run_dir in run_dirs]
+    models = [run_dir / BEST for run_dir in run_dirs]
     done = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
     alpha, valid_bleu = choose_length_penalty(models, task, out)
     rows = []
@@ -321,7 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "directions", nargs="*", metavar="DIRECTION", help=f"any of {', '.join(GROUPS)} (default all)"
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="use a finished run of the same config instead of training"
+        "--reuse",
+        action="store_true",
+        help="use a finished run of the same config instead of training; continue an interrupted one",
     )
     parser.add_argument("--out", default=ROOT / "results", type=Path)
     args = parser.parse_args(argv)

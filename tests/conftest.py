@@ -3,10 +3,12 @@ cores."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,34 @@ def nmt(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Completed
         env=env,
         timeout=600,
     )
+
+
+def start_training(config: Path, *extra: str) -> subprocess.Popen:
+    """`nmt train CONFIG EXTRA` started in the background, its output piped."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmt", "train", str(config), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
+    """Until metrics.jsonl shows a training record at or past `step`."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        path = run / "metrics.jsonl"
+        if path.is_file():
+            steps = [
+                json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()
+            ]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.02)
+    raise AssertionError("training did not get there in time")
 
 
 def train_toy_run(work: Path, splits: dict[str, str], data: dict, train: dict, *flags: str) -> None:

@@ -4,6 +4,7 @@ and the plot are written from the rows."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import toy_splits
+from conftest import start_training, toy_splits, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -64,6 +65,47 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     config["train"]["lr"] = 0.002
     path.write_text(yaml.safe_dump(config))
     assert not bench.finished(run, path)
+
+
+def test_reuse_continues_an_interrupted_run(tmp_path, monkeypatch):
+    """A run of the same config stopped with Ctrl-C is continued with `--resume` (a benchmark in pieces), not
+    trained again from nothing; for another config it is no run to continue."""
+    splits = toy_splits(tmp_path / "toy", train=200, valid=20, test=None)
+    config = {
+        "data": {
+            "train": splits["train"],
+            "valid": splits["valid"],
+            "test": [],
+            "vocab_size": 60,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
+        "train": {
+            "run_dir": str(tmp_path / "run"),
+            "batch_tokens": 200,
+            "max_steps": 200,
+            "time_budget_min": 0,
+            "valid_every": 20,
+            "log_every": 5,
+            "threads": 1,
+        },
+    }
+    path, run = tmp_path / "toy.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(config))
+    proc = start_training(path)
+    wait_for_step(run, 30, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert bench.interrupted(run, path) and not bench.finished(run, path)
+    assert not bench.interrupted(run, path, ["--train.seed=2"])  # another seed is another run
+
+    monkeypatch.setattr(bench, "config_path", lambda direction: path)
+    assert bench.train_run("toy", 1, reuse=True) == run
+    assert bench.finished(run, path) and not bench.interrupted(run, path)
+    steps = [r["step"] for r in bench.records(run) if r["type"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # taken further, never started again
+    assert sum(r["type"] == "done" for r in bench.records(run)) == 1
 
 
 def test_table_and_plot(tmp_path):

@@ -3,19 +3,14 @@ bit for bit, as the same run uninterrupted."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import toy_corpus
+from conftest import start_training, toy_corpus, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 300
@@ -49,43 +44,16 @@ def write_config(work: Path, name: str) -> Path:
     return path
 
 
-def start(config: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "nmt", "train", str(config), *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["progress"]["step"] == STEPS
     return state["model"]
 
 
-def wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    """Until metrics.jsonl shows a training record at or past `step`."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        path = run / "metrics.jsonl"
-        if path.is_file():
-            steps = [
-                json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()
-            ]
-            if steps and max(steps) >= step:
-                return
-        time.sleep(0.02)
-    raise AssertionError("training did not get there in time")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     work = tmp_path_factory.mktemp("ref")
-    proc = start(write_config(work, "run"))
+    proc = start_training(write_config(work, "run"))
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return final_weights(work / "run")
@@ -99,13 +67,13 @@ def assert_identical(weights: dict[str, torch.Tensor], reference: dict[str, torc
 
 def test_sigkill_then_resume_gives_identical_weights(tmp_path, reference):
     config = write_config(tmp_path, "run")
-    proc = start(config)
+    proc = start_training(config)
     wait_for_step(tmp_path / "run", 110, proc)  # past the checkpoint of step 100, before the one of step 150
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["progress"]["step"]
     assert 100 <= steps < STEPS
-    resumed = start(config, "--resume")
+    resumed = start_training(config, "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert_identical(final_weights(tmp_path / "run"), reference)
@@ -113,7 +81,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, reference):
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, reference):
     config = write_config(tmp_path, "run")
-    proc = start(config)
+    proc = start_training(config)
     wait_for_step(tmp_path / "run", 130, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -123,7 +91,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, 
     assert (
         130 <= state["progress"]["step"] < STEPS
     )  # saved where it stopped (the last validation was step 100)
-    resumed = start(config, "--resume")
+    resumed = start_training(config, "--resume")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert_identical(final_weights(tmp_path / "run"), reference)
