@@ -20,9 +20,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 
 
-def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
+def toy_config(tmp_path: Path, **train) -> dict:
+    """A tiny model on a toy pair, training into tmp_path/run with the given train keys."""
     splits = toy_splits(tmp_path / "toy", train=200, valid=20, test=None)
-    config = {
+    return {
         "data": {
             "train": splits["train"],
             "valid": splits["valid"],
@@ -31,11 +32,14 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
             "cache_dir": str(tmp_path / "cache"),
         },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
-        "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 200, "max_steps": 4, "valid_every": 4},
+        "train": {"run_dir": str(tmp_path / "run"), "batch_tokens": 200} | train,
     }
-    path = tmp_path / "toy.yaml"
+
+
+def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
+    config = toy_config(tmp_path, max_steps=4, valid_every=4)
+    path, run = tmp_path / "toy.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(config))
-    run = tmp_path / "run"
     assert not bench.finished(run, path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
@@ -70,26 +74,7 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
 def test_reuse_continues_an_interrupted_run(tmp_path, monkeypatch):
     """A run of the same config stopped with Ctrl-C is continued with `--resume` (a benchmark in pieces), not
     trained again from nothing; for another config it is no run to continue."""
-    splits = toy_splits(tmp_path / "toy", train=200, valid=20, test=None)
-    config = {
-        "data": {
-            "train": splits["train"],
-            "valid": splits["valid"],
-            "test": [],
-            "vocab_size": 60,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
-        "train": {
-            "run_dir": str(tmp_path / "run"),
-            "batch_tokens": 200,
-            "max_steps": 200,
-            "time_budget_min": 0,
-            "valid_every": 20,
-            "log_every": 5,
-            "threads": 1,
-        },
-    }
+    config = toy_config(tmp_path, max_steps=200, time_budget_min=0, valid_every=20, log_every=5, threads=1)
     path, run = tmp_path / "toy.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(config))
     proc = start_training(path)
