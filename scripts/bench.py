@@ -203,7 +203,7 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
 def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
-    done = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
+    ends = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
     alpha, valid_bleu = choose_length_penalty(models, task, out)
     rows = []
     for prefix in task.tests:
@@ -221,13 +221,13 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
                 "chrf": result["chrf"],
                 "signature": result["bleu_signature"],
                 "published_signature": result["bleu_published_signature"],
-                "minutes": sum(d["minutes"] for d in done),
-                "steps": sum(d["step"] for d in done),
-                "parameters": sum(d["parameters"] for d in done),
+                "minutes": sum(d["minutes"] for d in ends),
+                "steps": sum(d["step"] for d in ends),
+                "parameters": sum(d["parameters"] for d in ends),
                 "translate_sent_per_s": round(count_lines(src) / seconds, 1),
                 "length_penalty": alpha,
                 "valid_bleu_by_length_penalty": valid_bleu,
-                "best_valid_bleu": max(d["best_valid_bleu"] for d in done),
+                "best_valid_bleu": max(d["best_valid_bleu"] for d in ends),
                 "curve": [
                     (r["minutes"], r["valid_bleu"]) for r in records(run_dirs[0]) if r["type"] == "valid"
                 ],
