@@ -138,11 +138,11 @@ def evaluate(
     its wall-clock seconds."""
     start = time.perf_counter()
     nmt(
-        *(["--tgt-lang", tgt_lang] if tgt_lang else []),
         "-q",
         "evaluate",
         "-m",
         *map(str, models),
+        *(["--tgt-lang", tgt_lang] if tgt_lang else []),
         "--lang",
         lang,
         "--beam",

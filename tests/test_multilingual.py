@@ -281,7 +281,7 @@ def test_the_server_takes_a_language(multilingual):
     assert 'id="tgt_lang"' in client.get("/").text
 
 
-def test_the_benchmark_reuses_a_finished_multilingual_run(multilingual):
+def test_the_benchmark_reuses_and_scores_a_finished_multilingual_run(multilingual):
     """`make bench ARGS=--reuse` must know the run: its config.yaml records the directions training filled
     into the model section, which the config it was trained from does not have."""
     import sys
@@ -295,3 +295,11 @@ def test_the_benchmark_reuses_a_finished_multilingual_run(multilingual):
     assert not bench.finished(
         multilingual["run"], multilingual["work"] / "toy.yaml", ["--data.temperature=2"]
     )
+    # and score it: beam 5 into the language asked for, which shares no word with the other one
+    test, json_path = multilingual["test"], multilingual["work"] / "bench.json"
+    src, ref = test.parent / "test.en", test.parent / "test.fr"
+    scores = {
+        lang: bench.evaluate([multilingual["model"]], src, ref, 1.0, json_path, "fr", lang)
+        for lang in ("fr", "de")
+    }
+    assert scores["fr"][0]["bleu"] > 50 and scores["de"][0]["bleu"] < 1
