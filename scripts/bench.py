@@ -200,6 +200,13 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
     return run_dir
 
 
+def curve(task: Task, run_dir: Path) -> list[tuple[float, float]]:
+    """(minutes, greedy validation BLEU) of the task's direction at each validation: a multilingual run's BLEU
+    of that direction (none for a zero-shot one, never validated), a bilingual run's `valid_bleu`."""
+    key = f"valid_bleu_{task.src}-{task.tgt}" if task.tgt_lang else "valid_bleu"
+    return [(r["minutes"], r[key]) for r in records(run_dir) if r["type"] == "valid" and key in r]
+
+
 def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> list[dict]:
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
@@ -228,9 +235,7 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
                 "length_penalty": alpha,
                 "valid_bleu_by_length_penalty": valid_bleu,
                 "best_valid_bleu": max(d["best_valid_bleu"] for d in ends),
-                "curve": [
-                    (r["minutes"], r["valid_bleu"]) for r in records(run_dirs[0]) if r["type"] == "valid"
-                ],
+                "curve": curve(task, run_dirs[0]),
             }
         )
     return rows
@@ -319,15 +324,15 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for direction in dict.fromkeys(r["direction"] for r in rows):
-        curve = next(r["curve"] for r in rows if r["direction"] == direction)
-        ax.plot([m for m, _ in curve], [b for _, b in curve], marker=".", label=direction)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for direction in dict.fromkeys(r["direction"] for r in rows if r["curve"]):
+        points = next(r["curve"] for r in rows if r["direction"] == direction)
+        ax.plot([m for m, _ in points], [b for _, b in points], marker=".", label=direction)
     ax.set_xlabel("training minutes (2 CPU cores)")
     ax.set_ylabel("validation BLEU (greedy)")
     ax.set_title("Multi30k: validation BLEU against training time")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

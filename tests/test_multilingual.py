@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from nmt import data
-from nmt.config import config_from_dict
+from nmt.config import config_from_dict, load_config
 from nmt.errors import NMTError
+from nmt.plot import read_metrics
 from nmt.search import InLanguage
 from nmt.tokenizer import Tokenizer, tag
 from nmt.translate import Translator
@@ -303,3 +304,10 @@ def test_the_benchmark_reuses_and_scores_a_finished_multilingual_run(multilingua
         for lang in ("fr", "de")
     }
     assert scores["fr"][0]["bleu"] > 50 and scores["de"][0]["bleu"] < 1
+    # its validation curve per direction: that direction's BLEU, none for a zero-shot direction
+    tasks = {t.name: t for t in bench.multilingual_tasks(load_config(multilingual["run"] / "config.yaml"))}
+    valid = [r for r in read_metrics(multilingual["run"]) if r["type"] == "valid"]
+    for direction in DIRECTIONS:
+        points = bench.curve(tasks[f"multilingual {direction}"], multilingual["run"])
+        assert points == [(r["minutes"], r[f"valid_bleu_{direction}"]) for r in valid]
+    assert bench.curve(tasks["multilingual de-fr (zero-shot)"], multilingual["run"]) == []
