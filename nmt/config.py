@@ -123,6 +123,8 @@ class TrainConfig:
     # plateau: cut when validation BLEU stalls; linear, cosine: down to min_lr over the budget (the larger of
     # the fractions of max_steps and of time_budget_min used so far)
     lr_decay: Literal["none", "plateau", "inverse_sqrt", "linear", "cosine"] = "plateau"
+    # linear, cosine: the fraction of the budget used before the decay starts (constant until then)
+    decay_start: float = 0.0
     plateau_patience: int = 3  # validations without improvement before the learning rate is cut
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
@@ -268,6 +270,7 @@ def _validate(cfg: Config, where: str) -> None:
             f"is {cfg.train.lr_decay}, which decays over the budget: "
             "it needs train.max_steps or train.time_budget_min",
         ),
+        ("train.decay_start", 0 <= cfg.train.decay_start < 1, "must be in [0, 1)"),
         ("train.plateau_patience", cfg.train.plateau_patience >= 1, "must be positive"),
         ("train.plateau_factor", 0 < cfg.train.plateau_factor < 1, "must be in (0, 1)"),
         ("train.min_lr", cfg.train.min_lr >= 0, "must not be negative"),

@@ -58,16 +58,17 @@ class Progress:
 
 def learning_rate(step: int, cfg: TrainConfig, scale: float, used: float = 0.0) -> float:
     """Linear warm-up over `warmup_steps`, then constant, 1/sqrt decay, or linear or cosine decay by `used`,
-    the fraction of the budget used (`budget_used`), times the plateau scale; never under `min_lr` after
-    the warm-up."""
+    the fraction of the budget used (`budget_used`), from `decay_start` on, times the plateau scale; never
+    under `min_lr` after the warm-up."""
     warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decayed = max(0.0, used - cfg.decay_start) / (1.0 - cfg.decay_start)  # of the decay phase, in [0, 1]
     decay = 1.0
     if cfg.lr_decay == "inverse_sqrt" and step > max(cfg.warmup_steps, 1):
         decay = math.sqrt(max(cfg.warmup_steps, 1) / step)
     elif cfg.lr_decay == "linear":
-        decay = 1.0 - used
+        decay = 1.0 - decayed
     elif cfg.lr_decay == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * used))
+        decay = 0.5 * (1.0 + math.cos(math.pi * decayed))
     return max(cfg.lr * warm * decay * scale, cfg.min_lr if step >= cfg.warmup_steps else 0.0)
 
 

@@ -203,6 +203,7 @@ def _assert_config_invariants(cfg: Config) -> None:
         "model.dropout": m.dropout,
         "model.emb_dropout": m.emb_dropout,
         "train.label_smoothing": t.label_smoothing,
+        "train.decay_start": t.decay_start,
     }
     for key, value in at_least_one.items():
         assert value >= 1, (key, value)

@@ -43,6 +43,10 @@ def test_decay_over_the_budget(decay):
         0.8
     )
     assert budget_used(t, 2000, 0.0) == 1.0
+    late = dataclasses.replace(t, decay_start=0.8)  # constant for 80% of the budget, then the decay
+    assert learning_rate(700, late, 1.0, 0.7) == learning_rate(800, late, 1.0, 0.8) == pytest.approx(1e-3)
+    assert learning_rate(900, late, 1.0, 0.9) == pytest.approx(5e-4)
+    assert learning_rate(1000, late, 1.0, 1.0) == pytest.approx(1e-5)
     with pytest.raises(
         NMTError,
         match="x: train.lr_decay is .*, which decays over the budget: it needs train.max_steps or",
@@ -138,7 +142,8 @@ def stopped_by_the_budget(records: list[dict], budget: float) -> None:
     the machine)."""
     done = next(r for r in records if r["type"] == "done")
     minutes = [0.0] + [r["minutes"] for r in records if r["type"] == "train"]
-    longest_step = max(b - a for a, b in zip(minutes, minutes[1:])) + 0.01  # minutes, rounded to 0.01
+    # minutes, rounded to 0.01; no step at all on a machine so loaded that preparing the data spent the budget
+    longest_step = max((b - a for a, b in zip(minutes, minutes[1:])), default=0.0) + 0.01
     *earlier, last = done["validation_seconds"]
     surprise = max(0.0, last - max(earlier, default=0.0)) / 60
     assert done["minutes"] <= budget + longest_step + surprise + 0.01
