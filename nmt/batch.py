@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from nmt.tokenizer import BOS, EOS, PAD
+from nmt.tokenizer import BOS, EOS, PAD, UNK
 
 
 def pad(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
@@ -56,6 +56,18 @@ class Batch:
     def __len__(self) -> int:
         return self.src.size(0)
 
+    def word_dropped(self, p: float, tagged: bool) -> "Batch":
+        """Word dropout: each source piece and each decoder input piece replaced by UNK with probability `p`,
+        from torch's generator. Padding, the source's EOS, the decoder's BOS and, when `tagged`, the source's
+        first piece (a multilingual model's language tag) are kept; the targets to predict are unchanged."""
+        keep_src = (self.src == PAD) | (self.src == EOS)  # (B, S)
+        if tagged:
+            keep_src[:, 0] = True
+        keep_tgt = self.tgt_in == PAD  # (B, T)
+        keep_tgt[:, 0] = True
+        src, tgt_in = _dropped(self.src, keep_src, p), _dropped(self.tgt_in, keep_tgt, p)
+        return Batch(src, self.src_lens, tgt_in, self.tgt_out, self.n_tokens)
+
     def doubled(self) -> "Batch":
         """The batch twice over, (2B, ...): rows i and B + i are the same pair (R-Drop's two passes)."""
         return Batch(
@@ -65,6 +77,12 @@ class Batch:
             self.tgt_out.repeat(2, 1),
             2 * self.n_tokens,
         )
+
+
+def _dropped(ids: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """ids with each entry outside `keep` (a mask of the same shape) replaced by UNK with probability p."""
+    drop = torch.rand(ids.shape, device=ids.device) < p
+    return ids.masked_fill(drop & ~keep, UNK)
 
 
 def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:

@@ -90,6 +90,9 @@ class ModelConfig:
     input_feeding: bool = False  # feed the previous attentional vector to the decoder LSTM (a per-step loop)
     dropout: float = 0.3  # on LSTM outputs between layers and on the attentional vector
     emb_dropout: float = 0.2
+    # Word dropout, in training: each source piece and each decoder input piece becomes <unk> with this
+    # probability (a multilingual source's language tag is kept), before the embeddings. 0: off
+    word_dropout: float = 0.0
     tie_embeddings: bool = True  # decoder input embedding = output projection weights
     # The output layer's rows: `seen` the target pieces that occur in the training data (with a joint
     # vocabulary, the other language's pieces are never a right answer: en-de keeps 5,483 of 8,000, made up to
@@ -256,6 +259,7 @@ def _validate(cfg: Config, where: str) -> None:
         ("model.dec_layers", cfg.model.dec_layers >= 1, "must be positive"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
         ("model.emb_dropout", 0 <= cfg.model.emb_dropout < 1, "must be in [0, 1)"),
+        ("model.word_dropout", 0 <= cfg.model.word_dropout < 1, "must be in [0, 1)"),
         ("model.max_src_len", cfg.model.max_src_len >= 1, "must be positive"),
         ("train.init_from", cfg.train.init_from != "", "must be a model file or null"),
         ("train.batch_tokens", cfg.train.batch_tokens >= 1, "must be positive"),

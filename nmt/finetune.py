@@ -1,10 +1,10 @@
 """Fine-tuning: a training run that starts from a model file (`train.init_from`, `nmt train --init-from`).
 
 The model file decides what its weights need: the architecture (each of `ARCHITECTURE` must agree with the
-config's model section; dropout, emb_dropout and max_src_len take the config's values), the SentencePiece
-model(s) (written into the run directory; data.joint_vocab, vocab_size and spm_type follow them) and the
-output vocabulary (never rebuilt from the new data). Optimizer, schedule, step count and best score start
-afresh.
+config's model section; dropout, emb_dropout, word_dropout and max_src_len take the config's values), the
+SentencePiece model(s) (written into the run directory; data.joint_vocab, vocab_size and spm_type follow them)
+and the output vocabulary (never rebuilt from the new data). Optimizer, schedule, step count and best score
+start afresh.
 
 `--resume` reads none of it again, so the model file may be gone by then: the run directory has the
 SentencePiece model(s), and the checkpoint has the weights and the output vocabulary (its pieces buffer).
@@ -42,7 +42,8 @@ ARCHITECTURE = (
     "tie_embeddings",
     "output_vocab",
 )
-TAKEN_FROM_CONFIG = ("dropout", "emb_dropout", "max_src_len")  # they may differ from the model file's
+# they may differ from the model file's
+TAKEN_FROM_CONFIG = ("dropout", "emb_dropout", "word_dropout", "max_src_len")
 
 
 @dataclass

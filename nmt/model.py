@@ -102,6 +102,8 @@ class Seq2Seq(nn.Module):
         `rdrop_loss_sum` of the two passes with alpha `rdrop`, still summed over the batch's own tokens."""
         if rdrop:
             batch = batch.doubled()
+        if self.training and self.cfg.word_dropout:  # after doubling: R-Drop's passes drop different words
+            batch = batch.word_dropped(self.cfg.word_dropout, tagged=bool(self.cfg.directions))
         state = self.encode(batch.src, batch.src_lens)
         vectors, _, _ = self.decoder.run(batch.tgt_in, state)  # (B, T, H)
         real = batch.tgt_out != PAD  # (B, T)

@@ -52,8 +52,14 @@ BEAM = 5
 LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)  # GNMT alpha, chosen on the validation set
 
 
+class Stopped(Exception):
+    """An `nmt` step of the benchmark did not finish (its own message is already on stderr)."""
+
+
 def nmt(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "nmt", *args], cwd=ROOT, check=True)
+    status = subprocess.run([sys.executable, "-m", "nmt", *args], cwd=ROOT).returncode
+    if status != 0:
+        raise Stopped(f"`nmt {args[0]}` stopped with exit status {status}")
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -367,9 +373,7 @@ def order(row: dict) -> tuple:
     return GROUPS.index(group), "ensemble" in row.get("seed", ""), test_set
 
 
-def main() -> None:
-    args = parse_args()
-
+def benchmark(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out / "bench.json"
     earlier = json.loads(table.read_text(encoding="utf-8")) if table.is_file() else []
@@ -380,6 +384,14 @@ def main() -> None:
     write_table(rows, args.out / "bench.md")
     plot(rows, args.out / "valid_bleu.png")
     print((args.out / "bench.md").read_text(encoding="utf-8"))
+
+
+def main() -> None:
+    try:
+        benchmark(parse_args())
+    except (Stopped, KeyboardInterrupt) as e:
+        # One line, no traceback: finished runs are kept and an interrupted training resumes where it stopped.
+        sys.exit(f"bench: {str(e) or 'interrupted'}; `make bench ARGS=--reuse` continues from there")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,15 @@ def test_multilingual_rows_and_their_comparison(tmp_path):
         "- en-de, test_2016_flickr: 37.60 against 38.00 (-0.40): meets the goal",
         "- en-cs, test_2016_flickr: 30.00 against 30.00 (+0.00): misses the goal",
     ]
+
+
+def test_a_step_that_fails_ends_in_one_line(tmp_path, monkeypatch):
+    """An `nmt` step that fails (here a missing model) or Ctrl-C ends the benchmark with one line that says
+    how to continue, not a traceback, and the table is not rewritten from half the rows."""
+    missing = tmp_path / "missing.safetensors"
+    monkeypatch.setattr(bench, "bench_direction", lambda *_: bench.nmt("translate", "-m", str(missing)))
+    monkeypatch.setattr(sys, "argv", ["bench.py", "en-de", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert str(stop.value.code).startswith("bench: `nmt translate` stopped with exit status 1;")
+    assert "--reuse" in str(stop.value.code) and not (tmp_path / "out" / "bench.json").exists()

@@ -59,6 +59,7 @@ def test_round_trip(tmp_path):
         ({"model": {"attention": "dot"}}, [], "model.attention: 'dot' is not one of 'bahdanau', 'luong'"),
         ({"train": {"batch_tokens": 0}}, [], "train.batch_tokens must be positive"),
         ({"model": {"dropout": 1.5}}, [], "model.dropout must be in [0, 1)"),
+        ({}, ["--model.word_dropout=1"], "model.word_dropout must be in [0, 1)"),
         ({"decode": {"beam": 0}}, [], "decode.beam must be positive"),
         ({"data": {"tgt_lang": "en"}}, [], "data.tgt_lang must differ from data.src_lang"),
         ({"train": 3}, [], "section 'train' must be a mapping"),

@@ -109,7 +109,9 @@ def test_every_model_key_is_architecture_taken_from_the_config_or_derived():
         other = changed if changed else (not value if isinstance(value, bool) else value + 1)
         with pytest.raises(NMTError, match=f"model.{key} is {other!r} in the config but m has {value!r}"):
             check_architecture(dataclasses.replace(ModelConfig(), **{key: other}), ModelConfig(), "m")
-    check_architecture(ModelConfig(dropout=0.0, emb_dropout=0.0, max_src_len=9), ModelConfig(), "m")
+    check_architecture(
+        ModelConfig(dropout=0.0, emb_dropout=0.0, word_dropout=0.1, max_src_len=9), ModelConfig(), "m"
+    )
 
 
 def test_fine_tuning_starts_where_the_model_is(tmp_path, trained, new_data):

@@ -9,7 +9,7 @@ import torch
 
 from nmt.batch import Batch, make_batch
 from nmt.loss import rdrop_loss_sum, token_loss_sum
-from nmt.tokenizer import PAD
+from nmt.tokenizer import EOS, PAD, UNK
 
 from conftest import VARIANTS, tiny_model
 
@@ -131,3 +131,42 @@ def test_doubled_batch_repeats_every_row():
     for x, y in [(batch.src, twice.src), (batch.tgt_in, twice.tgt_in), (batch.tgt_out, twice.tgt_out)]:
         assert torch.equal(y[: len(batch)], x) and torch.equal(y[len(batch) :], x)
     assert torch.equal(twice.src_lens, batch.src_lens.repeat(2))
+
+
+def test_word_dropout_replaces_input_pieces_only():
+    """Word dropout turns about p of the source and decoder input pieces into UNK and nothing else: padding,
+    EOS, BOS, a multilingual source's tag and the targets to predict stay."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (2, 300), generator=gen).tolist()
+    src = [torch.randint(4, 13, (n,), generator=gen).tolist() for n in lengths[0]]
+    tgt = [torch.randint(4, 11, (n,), generator=gen).tolist() for n in lengths[1]]
+    batch = make_batch(src, tgt)
+    for tagged in (False, True):
+        torch.manual_seed(1)
+        noisy = batch.word_dropped(0.3, tagged)
+        assert torch.equal(noisy.tgt_out, batch.tgt_out) and torch.equal(noisy.src_lens, batch.src_lens)
+        assert noisy.n_tokens == batch.n_tokens
+        for side in ("src", "tgt_in"):
+            old, new = getattr(batch, side), getattr(noisy, side)
+            keep = old <= EOS  # PAD, BOS, EOS (the pieces have ids above)
+            keep[:, 0] |= tagged and side == "src"
+            changed = new != old
+            assert (new[changed] == UNK).all() and not changed[keep].any()
+            assert changed.sum().item() / (~keep).sum().item() == pytest.approx(0.3, abs=0.03)
+        assert torch.equal(noisy.src[:, 0], batch.src[:, 0]) == tagged  # a tag is the first source piece
+    assert torch.equal(batch.word_dropped(0.0, False).src, batch.src)
+
+
+def test_word_dropout_in_training_only():
+    """A model with word dropout trains on the batch word dropout makes of it (from torch's generator) and
+    scores the batch itself in eval mode; with it at 0 the training loss is the plain one."""
+    model = tiny_model(0, None, **(VARIANTS[0] | {"word_dropout": 0.5}))  # no other dropout
+    plain = tiny_model(0, None, **VARIANTS[0]).train()
+    batch = make_batch(SRC, TGT)
+    torch.manual_seed(3)
+    trained = model.train()(batch, 0.1)
+    torch.manual_seed(3)
+    noisy = batch.word_dropped(0.5, tagged=False)
+    assert torch.equal(trained, model.eval()(noisy, 0.1))
+    assert torch.equal(model.eval()(batch, 0.1), plain(batch, 0.1))
+    assert not torch.equal(trained, plain(batch, 0.1))

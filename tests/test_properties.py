@@ -202,6 +202,7 @@ def _assert_config_invariants(cfg: Config) -> None:
     in_unit = {
         "model.dropout": m.dropout,
         "model.emb_dropout": m.emb_dropout,
+        "model.word_dropout": m.word_dropout,
         "train.label_smoothing": t.label_smoothing,
         "train.decay_start": t.decay_start,
     }

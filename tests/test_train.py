@@ -203,18 +203,22 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "data, train_options",
-    [({"sampling_alpha": 0.2}, {}), ({}, {"rdrop_alpha": 5.0})],
-    ids=["subword-sampling", "r-drop"],
+    "regulariser",
+    [{"data": {"sampling_alpha": 0.2}}, {"train": {"rdrop_alpha": 5.0}}, {"model": {"word_dropout": 0.2}}],
+    ids=["subword-sampling", "r-drop", "word-dropout"],
 )
-def test_regularisers_train_and_resume_exactly(tmp_path, data, train_options):
+def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
     """Subword sampling's segmentations come from the seed, the step and the rank, R-Drop's two dropout masks
-    from torch's generator: a run stopped and resumed ends with the weights of the same run straight
-    through."""
-    settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1} | train_options
-    straight = toy_config(tmp_path / "a", data=data, train=settings)
-    train(straight)
-    halves = toy_config(tmp_path / "b", data=data, train=settings | {"max_steps": 8})
+    and word dropout's words from torch's generator: a run stopped and resumed ends with the weights of the
+    same run straight through."""
+    settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1}
+
+    def config(name: str, max_steps: int = 16, sections: dict = regulariser):
+        steps = settings | sections.get("train", {}) | {"max_steps": max_steps}
+        return toy_config(tmp_path / name, **(sections | {"train": steps}))
+
+    train(config("a"))
+    halves = config("b", max_steps=8)
     train(halves)
     train(dataclasses.replace(halves, train=dataclasses.replace(halves.train, max_steps=16)), resume=True)
     a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
@@ -222,7 +226,6 @@ def test_regularisers_train_and_resume_exactly(tmp_path, data, train_options):
     assert a["progress"]["step"] == b["progress"]["step"] == 16
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # and the regulariser changed what was learnt: the same run without it ends elsewhere
-    plain = toy_config(tmp_path / "c", train=settings | {"rdrop_alpha": 0.0})
-    train(plain)
+    train(config("c", sections={}))
     c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
