@@ -245,7 +245,17 @@ def _build(cls: type, values: Any, where: str, prefix: str) -> Any:
 
 def _validate(cfg: Config, where: str) -> None:
     """Values each of right type but impossible; the message names the key."""
-    checks = [
+    for key, ok, message in _data_model_checks(cfg) + _train_decode_checks(cfg):
+        if not ok:
+            raise NMTError(f"{where}: {key} {message}")
+    if (cfg.data.src_column is None) != (cfg.data.tgt_column is None):
+        raise NMTError(f"{where}: data.src_column and data.tgt_column must be given together")
+    _validate_directions(cfg.data, where)
+
+
+def _data_model_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """(key, whether its value is possible, what it must be) for data and model."""
+    return [
         ("data.vocab_size", cfg.data.vocab_size >= 8, "must be at least 8"),
         ("data.max_len", cfg.data.max_len >= 1, "must be positive"),
         ("data.spm_sentences", cfg.data.spm_sentences >= 1, "must be positive"),
@@ -261,6 +271,12 @@ def _validate(cfg: Config, where: str) -> None:
         ("model.emb_dropout", 0 <= cfg.model.emb_dropout < 1, "must be in [0, 1)"),
         ("model.word_dropout", 0 <= cfg.model.word_dropout < 1, "must be in [0, 1)"),
         ("model.max_src_len", cfg.model.max_src_len >= 1, "must be positive"),
+    ]
+
+
+def _train_decode_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """(key, whether its value is possible, what it must be) for train and decode."""
+    return [
         ("train.init_from", cfg.train.init_from != "", "must be a model file or null"),
         ("train.batch_tokens", cfg.train.batch_tokens >= 1, "must be positive"),
         ("train.accumulate", cfg.train.accumulate >= 1, "must be positive"),
@@ -298,12 +314,6 @@ def _validate(cfg: Config, where: str) -> None:
         ("decode.max_len_offset", cfg.decode.max_len_offset >= 1, "must be positive"),
         ("decode.batch_size", cfg.decode.batch_size >= 0, "must not be negative (0: by beam size)"),
     ]
-    for key, ok, message in checks:
-        if not ok:
-            raise NMTError(f"{where}: {key} {message}")
-    if (cfg.data.src_column is None) != (cfg.data.tgt_column is None):
-        raise NMTError(f"{where}: data.src_column and data.tgt_column must be given together")
-    _validate_directions(cfg.data, where)
 
 
 def _validate_directions(cfg: DataConfig, where: str) -> None:
