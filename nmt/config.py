@@ -92,7 +92,7 @@ class ModelConfig:
     emb_dropout: float = 0.2
     # Word dropout, in training: each source piece and each decoder input piece becomes <unk> with this
     # probability (a multilingual source's language tag is kept), before the embeddings. 0: off
-    word_dropout: float = 0.0
+    word_dropout: float = 0.2
     tie_embeddings: bool = True  # decoder input embedding = output projection weights
     # The output layer's rows: `seen` the target pieces that occur in the training data (with a joint
     # vocabulary, the other language's pieces are never a right answer: en-de keeps 5,483 of 8,000, made up to
@@ -147,7 +147,7 @@ class TrainConfig:
     keep_last: int = 0  # keep the model of each of the last N validations (step-N.safetensors), for averaging
     # at the end, validate the mean of the last N validations' models too (kept as step-N.safetensors); it
     # becomes best.safetensors when its validation BLEU is higher. 0: no averaging
-    average_last: int = 0
+    average_last: int = 5
     log_every: int = 100
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default

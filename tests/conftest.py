@@ -34,6 +34,7 @@ def tiny_config(**overrides) -> ModelConfig:
         dec_layers=2,
         dropout=0.0,
         emb_dropout=0.0,
+        word_dropout=0.0,
         tie_embeddings=False,
     )
     values.update(overrides)

@@ -35,7 +35,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             "vocab_size": 60,
             "cache_dir": str(work / "cache"),
         },
-        "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 24, "dropout": 0.0, "emb_dropout": 0.0},
+        "model": {
+            "emb_size": 16,
+            "enc_hidden": 16,
+            "dec_hidden": 24,
+            "dropout": 0.0,
+            "emb_dropout": 0.0,
+            "word_dropout": 0.0,
+        },
         # fp32: the comparison is about how the batch is split, not about bf16 rounding.
         "train": {
             "batch_tokens": 150,
