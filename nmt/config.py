@@ -365,7 +365,24 @@ def config_from_dict(doc: Any, where: str, overrides: list[str] = ()) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    path = Path(path)
+    return config_from_dict(_read_yaml(Path(path)), str(path), overrides)
+
+
+# Keys whose default changed after runs were recorded without them, with the value those runs had. A run's
+# config.yaml holds every key of its day, so one it lacks is one its run never had.
+BEFORE_THE_KEY = {"model": {"word_dropout": 0.0}, "train": {"average_last": 0}}
+
+
+def load_run_config(path: str | Path) -> Config:
+    """The config a run recorded (its config.yaml); a key it lacks takes the value runs had before it."""
+    doc = _read_yaml(Path(path))
+    for section, values in BEFORE_THE_KEY.items():
+        if isinstance(doc, dict) and isinstance(doc.get(section), dict):  # else config_from_dict says what
+            doc[section] = values | doc[section]
+    return config_from_dict(doc, str(path))
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -378,7 +395,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise NMTError(f"{path}:{line} invalid YAML ({getattr(e, 'problem', None) or e})") from None
-    return config_from_dict(doc, str(path), overrides)
+    return doc
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.config import load_config  # noqa: E402
+from nmt.config import load_config, load_run_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
 from nmt.rundir import BEST, CHECKPOINT  # noqa: E402
@@ -73,7 +73,7 @@ def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return False
-    ours, theirs = load_config(config, overrides).to_dict(), load_config(saved).to_dict()
+    ours, theirs = load_config(config, overrides).to_dict(), load_run_config(saved).to_dict()
     if not theirs["model"][
         "out_vocab_size"
     ]:  # a run from before `output_vocab` had an output layer over all pieces

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.config import load_config  # noqa: E402  (neither imports torch: translation is timed before torch
+from nmt.config import load_run_config  # noqa: E402  (neither imports torch: translation is timed before torch
 from nmt.textio import read_lines, write_lines, write_text  # noqa: E402  is imported)
 
 # Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
@@ -93,7 +93,7 @@ def training_throughput(
     from nmt.train import prepare
     from nmt.trainer import train_step
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / "config.yaml")
     cfg.model = dataclasses.replace(cfg.model, **model_overrides)
     precision = resolve_precision(precision, device)
     prepared = prepare(cfg, run_dir, World())  # the run's own SentencePiece model(s) and encoded corpus
@@ -221,7 +221,7 @@ def main() -> None:
             cwd=ROOT,
             check=True,
         )
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / "config.yaml")
     test = Path(cfg.data.test[0])
     src, refs = Path("/tmp/nmt-bench-src.txt"), read_split(str(test), cfg.data.tgt_lang)
     write_lines(src, read_split(str(test), cfg.data.src_lang))

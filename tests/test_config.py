@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nmt.config import Config, config_from_dict, load_config, save_config
+from nmt.config import BEFORE_THE_KEY, Config, config_from_dict, load_config, load_run_config, save_config
 from nmt.errors import NMTError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,23 @@ def test_round_trip(tmp_path):
     cfg = config_from_dict({"model": {"emb_size": 64}}, "x")
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_a_run_recorded_before_a_key_reads_as_it_ran(tmp_path):
+    """A run's config.yaml without a key added since (a default that changed) is read with the value runs had
+    before it, not today's default; a record with the key, and a user's config, keep theirs."""
+    cfg = config_from_dict({"model": {"word_dropout": 0.3}, "train": {"average_last": 3}}, "x")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_run_config(tmp_path / "c.yaml") == cfg
+    old = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    for section, values in BEFORE_THE_KEY.items():
+        for key in values:
+            del old[section][key]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    recorded = load_run_config(tmp_path / "old.yaml")
+    assert (recorded.model.word_dropout, recorded.train.average_last) == (0.0, 0)
+    assert Config().model.word_dropout != 0.0 and Config().train.average_last != 0  # so this tests something
+    assert load_config(tmp_path / "old.yaml").model.word_dropout == Config().model.word_dropout
 
 
 @pytest.mark.parametrize(
