@@ -96,7 +96,7 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     if args.init_from is not None:  # the flag overrides train.init_from (a path, never read as YAML)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=args.init_from))
-    best = train(cfg, resume=args.resume)
+    best = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
         print(f"best model: {best}")
 
@@ -316,7 +316,13 @@ class Parser(argparse.ArgumentParser):
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run directory that holds a previous run, deleting that run's files",
+    )
     p.add_argument(
         "--init-from",
         metavar="MODEL",

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -29,17 +30,66 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 
 
-def make_run_dir(path: str, resume: bool) -> Path:
-    """The run directory, made if missing; NMTError when it cannot be, or when resuming finds no
-    checkpoint."""
+# What a run writes into its directory (the table above), by name and by pattern.
+RUN_FILES = (
+    CONFIG,
+    "spm.model",
+    "spm.src.model",
+    "spm.tgt.model",
+    "metrics.jsonl",
+    CURVES,
+    BEST,
+    CHECKPOINT,
+    "train.log",
+    "tensorboard",
+)
+RUN_PATTERNS = ("step-*.safetensors", "*.hyp")
+
+
+def make_run_dir(path: str, resume: bool, overwrite: bool = False) -> Path:
+    """The run directory, made if missing. A fresh run (not `resume`) starts in a directory with no previous
+    run's files, so that its metrics, snapshots and model are its own: with `overwrite` they are deleted
+    (only those: other files stay), without it NMTError. NMTError too when the directory cannot be made, or
+    when resuming finds no checkpoint."""
     run_dir = Path(path)
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise NMTError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
+    if not resume and holds_run(run_dir):
+        if not overwrite:
+            again = "continue it with --resume, " if (run_dir / CHECKPOINT).is_file() else ""
+            raise NMTError(
+                f"{run_dir}: holds a previous run; {again}start afresh there with --overwrite (deletes its "
+                "files), or set another train.run_dir"
+            )
+        remove_run(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NMTError(f"train.run_dir: cannot create {run_dir} ({e.strerror})") from None
     return run_dir
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run got somewhere in `run_dir`: a model, a checkpoint or a metrics record. (A start that failed at
+    once, on a bad data path say, leaves an empty metrics.jsonl and a log: a rerun may start there.)"""
+    metrics = run_dir / "metrics.jsonl"
+    return (
+        (run_dir / BEST).is_file()
+        or (run_dir / CHECKPOINT).is_file()
+        or any(run_dir.glob("step-*.safetensors"))
+        or (metrics.is_file() and metrics.stat().st_size > 0)
+    )
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete the files a run writes (RUN_FILES, RUN_PATTERNS) from `run_dir`; other files stay. Each torchrun
+    process may do it at once, before any of them writes: a file another one deleted is no error."""
+    found = [run_dir / name for name in RUN_FILES] + [f for p in RUN_PATTERNS for f in run_dir.glob(p)]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 # What TensorBoard shows of each kind of record: its scalars, under a tag of their section.

@@ -41,11 +41,12 @@ from nmt.vocab import OutputVocab
 log = logging.getLogger(__name__)
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
-    """Train as `cfg` says; return the path of the best model file. torch's thread count (`train.threads`) is
-    back as it was when this returns."""
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train as `cfg` says; return the path of the best model file. A fresh run refuses a run directory that
+    holds a previous run, or with `overwrite` deletes that run's files first. torch's thread count
+    (`train.threads`) is back as it was when this returns."""
     start = time.monotonic()
-    run_dir = make_run_dir(cfg.train.run_dir, resume)
+    run_dir = make_run_dir(cfg.train.run_dir, resume, overwrite)
     device = resolve_device(cfg.train.device)
     world = join(device)  # torchrun's process group, or a world of one
     threads = torch.get_num_threads()

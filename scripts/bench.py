@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from nmt.config import load_config, load_run_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
-from nmt.rundir import BEST, CHECKPOINT  # noqa: E402
+from nmt.rundir import BEST, CHECKPOINT, holds_run  # noqa: E402
 from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
@@ -201,8 +201,11 @@ def train_run(direction: str, seed: int, reuse: bool) -> Path:
     elif reuse and interrupted(run_dir, config, overrides):
         print(f"{direction} (seed {seed}): continuing the interrupted run in {run_dir}", flush=True)
         nmt("train", str(config), *overrides, "--resume")
-    else:
-        nmt("train", str(config), *overrides)
+    else:  # the run directory is the benchmark's: a run of another config, or an unfinished one, goes
+        if holds_run(run_dir):
+            why = "not a finished or resumable run of this config" if reuse else "retraining (no --reuse)"
+            print(f"{direction} (seed {seed}): replacing the run in {run_dir}: {why}", flush=True)
+        nmt("train", str(config), *overrides, "--overwrite")
     return run_dir
 
 

@@ -217,6 +217,7 @@ def main() -> None:
                 str(ROOT / "configs" / "en-de.yaml"),
                 f"--train.run_dir={run_dir}",
                 f"--train.time_budget_min={args.train_minutes}",
+                "--overwrite",  # its own run directory: a previous one of these runs goes
             ],
             cwd=ROOT,
             check=True,

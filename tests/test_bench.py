@@ -93,6 +93,25 @@ def test_reuse_continues_an_interrupted_run(tmp_path, monkeypatch):
     assert sum(r["type"] == "done" for r in bench.records(run)) == 1
 
 
+def test_a_run_of_another_config_is_replaced(tmp_path, monkeypatch, capsys):
+    """The benchmark's run directories are its own: a finished run of another config there is trained again
+    from nothing, so the records, snapshots and `done` are the new run's alone."""
+    other = toy_config(tmp_path, max_steps=8, valid_every=2, keep_last=4, lr=0.002)
+    path, run = tmp_path / "toy.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(other))
+    bench.nmt("-q", "train", str(path))
+    path.write_text(yaml.safe_dump(toy_config(tmp_path, max_steps=4, valid_every=2, keep_last=4)))
+    assert not bench.finished(run, path) and not bench.interrupted(run, path)
+
+    monkeypatch.setattr(bench, "config_path", lambda direction: path)
+    assert bench.train_run("toy", 1, reuse=True) == run
+    assert "toy (seed 1): replacing the run in" in capsys.readouterr().out
+    assert bench.finished(run, path)
+    assert sum(r["type"] == "done" for r in bench.records(run)) == 1
+    assert [r["step"] for r in bench.records(run) if r["type"] == "valid"] == [2, 4]
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-2.safetensors", "step-4.safetensors"]
+
+
 def test_table_and_plot(tmp_path):
     rows = [
         {

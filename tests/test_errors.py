@@ -145,11 +145,24 @@ def test_train_failure_keeps_what_a_run_had(tmp_path, corpus):
     run_dir.mkdir()
     (run_dir / "best.safetensors").write_bytes(b"an earlier best model")
     (run_dir / "metrics.jsonl").write_text('{"type": "valid"}\n')
-    Path(f"{corpus['train']}.en").write_text("one line\n")
-    status, err = run("train", str(config_file(tmp_path, corpus)))
-    assert_one_line_error(status, err, "lines but")
+    config = str(config_file(tmp_path, corpus))
+    # A fresh run does not start over a previous run, and leaves it as it was.
+    status, err = run("train", config)
+    assert_one_line_error(status, err, "run: holds a previous run; start afresh there with --overwrite")
     assert (run_dir / "best.safetensors").read_bytes() == b"an earlier best model"
     assert (run_dir / "metrics.jsonl").read_text() == '{"type": "valid"}\n'
+    # A start that fails on its data keeps the folder's own files and holds no run: the retry starts there.
+    fresh = f"--train.run_dir={tmp_path / 'fresh'}"
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "notes.txt").write_text("mine")
+    source = Path(f"{corpus['train']}.en")
+    lines = source.read_text()
+    source.write_text("one line\n")
+    status, err = run("train", config, fresh)
+    assert_one_line_error(status, err, "lines but")
+    source.write_text(lines)
+    assert run("train", config, fresh)[0] == 0
+    assert (tmp_path / "fresh" / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------------------------------------

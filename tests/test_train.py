@@ -121,6 +121,28 @@ def test_average_of_the_last_validations(tmp_path):
         assert average["valid_bleu"] <= done["best_valid_bleu"] and "averaged_steps" not in info
 
 
+def test_a_fresh_run_starts_clean_or_not_at_all(tmp_path):
+    """A fresh run into a directory that holds a run is refused and the run is left as it was; with
+    `overwrite` that run's files go first, so the metrics, the snapshots averaged and the model are the new
+    run's alone (a shorter run would otherwise average the old run's later snapshots). Other files stay."""
+    cfg = toy_config(tmp_path, train={"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3})
+    train(cfg)
+    run = tmp_path / "run"
+    (run / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(NMTError, match="run: holds a previous run; continue it with --resume, start afresh"):
+        train(cfg)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=6)), overwrite=True)
+    logged = records(tmp_path)
+    assert [r["step"] for r in logged if r["type"] == "train"] == [5]  # log_every 5: nothing of the first run
+    assert sum(r["type"] == "done" for r in logged) == 1
+    assert next(r for r in logged if r["type"] == "average")["steps"] == [3, 6]
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-3.safetensors", "step-6.safetensors"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_over_budget():
     t = TrainConfig(max_steps=0, max_epochs=0, time_budget_min=1.0)
     assert not over_budget(t, Progress(step=10**6, epoch=10**3), seconds=40.0, longest_validation=19.9)
