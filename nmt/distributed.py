@@ -50,6 +50,18 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any rank."""
+        return flag if self.size == 1 else self.sum(float(flag))[0] > 0
+
     def sum(self, *values: float) -> list[float]:
         """Each value summed over all ranks."""
         if self.size == 1:

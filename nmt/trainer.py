@@ -205,12 +205,14 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
         self.progress = Progress()
         self.in_layer = prepared.vocab.in_layer()  # for subword sampling
+        state = load_checkpoint(run_dir / CHECKPOINT) if resume else {}
         if resume:
-            self.restore(load_checkpoint(run_dir / CHECKPOINT))
-        if world.size > 1:
-            torch.manual_seed(
-                self.t.seed * 1_000 + world.rank + self.progress.step
-            )  # each rank its own dropout
+            self.restore(state)
+        saved = state.get("rank_rng", [])  # each rank's generators, as they were (a checkpoint since 2026-12)
+        if len(saved) == world.size:
+            set_rng_states(saved[world.rank], device)
+        elif world.size > 1:  # each rank its own dropout
+            torch.manual_seed(self.t.seed * 1_000 + world.rank + self.progress.step)
         self.stepped = torch.nn.parallel.DistributedDataParallel(self.model) if world.size > 1 else self.model
         valid_decode = dataclasses.replace(cfg.decode, beam=self.t.valid_beam)
         self.translator = Translator(self.model, prepared.tok, "fp32", valid_decode)
@@ -231,6 +233,8 @@ class Trainer:
         return self.progress.elapsed + time.monotonic() - self.start
 
     def checkpoint(self) -> None:
+        """Every rank takes part: rank 0 writes each rank's random generator with its own state."""
+        rank_rng = self.world.gather(rng_states(self.model.device))
         if not self.world.main:
             return
         py_state = random.getstate()
@@ -243,6 +247,7 @@ class Trainer:
                 "progress": asdict(self.progress) | {"elapsed": self.elapsed()},
                 "rng": torch.get_rng_state(),
                 "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
+                "rank_rng": rank_rng,  # each rank's generators: its dropout masks (on its GPU's, on one)
             },
         )
 
@@ -443,7 +448,7 @@ class Trainer:
                     at = self.progress.position * group
                     self.take_step(batches[at : at + group], tgt_lens)
                     self.bar.update(1)
-                    if interrupted():
+                    if self.world.any(interrupted()):  # every rank stops at the same step
                         self.interrupt()
                     stop = self.should_stop()
                     if self.progress.step % t.valid_every == 0 or stop:
@@ -484,6 +489,18 @@ class Trainer:
             self.run_dir / CHECKPOINT,
         )
         raise KeyboardInterrupt
+
+
+def rng_states(device: torch.device) -> list[torch.Tensor]:
+    """This process's random generators' states: the CPU's, and its GPU's when it trains on one."""
+    gpu = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
+    return [torch.get_rng_state(), *gpu]
+
+
+def set_rng_states(states: list[torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda" and len(states) > 1:
+        torch.cuda.set_rng_state(states[1], device)
 
 
 def snapshot_step(path: Path) -> int:

@@ -76,54 +76,31 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    (work / "ddp").mkdir()
-    (work / "ddp" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "nmt",
-            "train",
-            "toy.yaml",
-            f"--train.run_dir={work / 'ddp'}",
-        ],
+    for name in ("ddp", "dropout", "resumed"):  # the single run's SentencePiece model for each
+        (work / name).mkdir()
+        (work / name / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
+    torchrun(work, env, "ddp")
+    # With dropout and word dropout on, each rank draws its own masks: straight through, and stopped half-way
+    # then resumed from its checkpoint, which holds each rank's generator.
+    masks = ["--model.dropout=0.3", "--model.word_dropout=0.2"]
+    torchrun(work, env, "dropout", *masks)
+    torchrun(work, env, "resumed", *masks, f"--train.max_steps={STEPS // 2}")
+    torchrun(work, env, "resumed", *masks, "--resume")
+    return {name: work / name for name in ("single", "ddp", "dropout", "resumed")}
+
+
+def torchrun(work: Path, env: dict, run: str, *flags: str) -> None:
+    """`nmt train toy.yaml` in 2 processes under torchrun, into work/run."""
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nmt", "train"]
+    result = subprocess.run(
+        [sys.executable, *command, "toy.yaml", f"--train.run_dir={work / run}", *flags],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    # The same distributed run stopped half-way, then resumed from its checkpoint.
-    (work / "resumed").mkdir()
-    (work / "resumed" / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
-    for extra in ([f"--train.max_steps={STEPS // 2}"], ["--resume"]):
-        part = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node=2",
-                "-m",
-                "nmt",
-                "train",
-                "toy.yaml",
-                f"--train.run_dir={work / 'resumed'}",
-                *extra,
-            ],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert part.returncode == 0, part.stderr[-3000:]
-    return {"single": work / "single", "ddp": work / "ddp", "resumed": work / "resumed"}
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_two_processes_learn_as_one_process_with_the_same_global_batch(runs):
@@ -150,9 +127,11 @@ def test_only_rank_zero_writes_the_run_directory(runs):
 
 
 def test_a_distributed_run_resumes_where_it_stopped(runs):
-    whole, resumed = records(runs["ddp"], "train"), records(runs["resumed"], "train")
-    assert [r["step"] for r in resumed] == list(
-        range(1, STEPS + 1)
-    )  # each step once: none lost, none repeated
+    """Each step once, none lost or repeated, with the losses of the run that never stopped: the same dropout
+    masks on each rank."""
+    whole, resumed = records(runs["dropout"], "train"), records(runs["resumed"], "train")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == list(range(1, STEPS + 1))
     for a, b in zip(whole, resumed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    plain = records(runs["ddp"], "train")
+    assert [r["loss"] for r in whole] != [r["loss"] for r in plain]  # the masks did change the losses
