@@ -287,10 +287,12 @@ class Trainer:
             seconds = time.monotonic() - began
         stop, self.progress, seconds = self.world.broadcast((stop, self.progress, seconds))
         self.validation_seconds.append(round(seconds, 3))
+        self.checkpoint()  # every rank: each one's random generators go into it
         return stop
 
     def validate_and_keep(self) -> bool:
-        """Validate, keep the best model, adjust the learning rate; True when patience has run out."""
+        """Validate, keep the best model, adjust the learning rate; True when patience has run out. (The
+        checkpoint follows, on every rank.)"""
         t, p = self.t, self.progress
         scores = self.validate()
         improved = scores["valid_bleu"] > p.best_bleu
@@ -329,7 +331,6 @@ class Trainer:
             scores["valid_bleu"],
             " (best)" if improved else "",
         )
-        self.checkpoint()
         return t.patience > 0 and p.bad_validations >= t.patience
 
     def keep_snapshot(self, scores: dict[str, Any]) -> None:
