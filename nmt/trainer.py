@@ -233,7 +233,7 @@ class Trainer:
         return self.progress.elapsed + time.monotonic() - self.start
 
     def checkpoint(self) -> None:
-        """Every rank takes part: rank 0 writes each rank's random generator with its own state."""
+        """Every rank takes part, for its random generators go into the checkpoint; rank 0 writes it."""
         rank_rng = self.world.gather(rng_states(self.model.device))
         if not self.world.main:
             return
