@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from nmt.errors import NMTError
+from nmt.rundir import METRICS
 from nmt.textio import atomic_write
 
 PANELS = [
@@ -24,7 +25,7 @@ AXES = [("step", "steps"), ("minutes", "wall-clock minutes")]
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl; NMTError when the run has none."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.is_file():
         raise NMTError(f"{run_dir}: no metrics.jsonl (not a run directory of `nmt train`?)")
     records = []

@@ -28,6 +28,8 @@ BEST = "best.safetensors"
 CURVES = "curves.png"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SNAPSHOTS = "step-*.safetensors"  # the last validations' models
 
 
 # What a run writes into its directory (the table above), by name and by pattern.
@@ -36,14 +38,14 @@ RUN_FILES = (
     "spm.model",
     "spm.src.model",
     "spm.tgt.model",
-    "metrics.jsonl",
+    METRICS,
     CURVES,
     BEST,
     CHECKPOINT,
     "train.log",
     "tensorboard",
 )
-RUN_PATTERNS = ("step-*.safetensors", "*.hyp")
+RUN_PATTERNS = (SNAPSHOTS, "*.hyp")
 
 
 def make_run_dir(path: str, resume: bool, overwrite: bool = False) -> Path:
@@ -72,11 +74,11 @@ def make_run_dir(path: str, resume: bool, overwrite: bool = False) -> Path:
 def holds_run(run_dir: Path) -> bool:
     """A run got somewhere in `run_dir`: a model, a checkpoint or a metrics record. (A start that failed at
     once, on a bad data path say, leaves an empty metrics.jsonl and a log: a rerun may start there.)"""
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS
     return (
         (run_dir / BEST).is_file()
         or (run_dir / CHECKPOINT).is_file()
-        or any(run_dir.glob("step-*.safetensors"))
+        or any(run_dir.glob(SNAPSHOTS))
         or (metrics.is_file() and metrics.stat().st_size > 0)
     )
 
@@ -140,7 +142,7 @@ def run_files(run_dir: Path, main: bool = True, tensorboard: bool = False) -> It
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(run_dir / "tensorboard"))
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(run_dir / METRICS, "a", encoding="utf-8") as f:
             yield MetricsLog(f, writer)
     finally:
         if writer is not None:

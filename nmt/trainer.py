@@ -34,7 +34,7 @@ from nmt.ensemble import averaged
 from nmt.metrics import bleu, chrf
 from nmt.model import Seq2Seq
 from nmt.plot import plot_runs
-from nmt.rundir import BEST, CHECKPOINT, CURVES, MetricsLog
+from nmt.rundir import BEST, CHECKPOINT, CURVES, SNAPSHOTS, MetricsLog
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator
 from nmt.vocab import OutputVocab
@@ -344,7 +344,7 @@ class Trainer:
 
     def snapshots(self) -> list[Path]:
         """The kept validation models, oldest first."""
-        return sorted(self.run_dir.glob("step-*.safetensors"), key=snapshot_step)
+        return sorted(self.run_dir.glob(SNAPSHOTS), key=snapshot_step)
 
     def average_last(self) -> None:
         """Rank 0 validates the mean of the last `average_last` validations' models; it becomes the best model

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from nmt.config import load_config, load_run_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
-from nmt.rundir import BEST, CHECKPOINT, holds_run  # noqa: E402
+from nmt.rundir import BEST, CHECKPOINT, METRICS, holds_run  # noqa: E402
 from nmt.textio import count_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
@@ -64,7 +64,7 @@ def nmt(*args: str) -> None:
 
 def records(run_dir: Path) -> list[dict]:
     """The run's metrics records; none for a run that has not started."""
-    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    return read_metrics(run_dir) if (run_dir / METRICS).is_file() else []
 
 
 def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:

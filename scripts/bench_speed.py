@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmt.config import load_run_config  # noqa: E402  (neither imports torch: translation is timed before torch
-from nmt.textio import read_lines, write_lines, write_text  # noqa: E402  is imported)
+# Neither imports torch: translation is timed before torch is imported.
+from nmt.config import load_run_config  # noqa: E402
+from nmt.textio import read_lines, write_lines, write_text  # noqa: E402
 
 # Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
 # are timed first, while this process is small; torch and the training data are loaded afterwards.
