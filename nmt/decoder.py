@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nmt.attention import Attention
+from nmt.dropout import Dropout
 from nmt.fastpath import ROWS, StepWeights, step_weights, weights_key
 from nmt.tokenizer import PAD
 from nmt.vocab import OutputVocab
@@ -77,7 +78,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.layers, self.hidden, self.input_feeding = layers, hidden, input_feeding
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
-        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.emb_dropout = Dropout(emb_dropout)
         self.rnn = nn.LSTM(
             emb_size + (hidden if input_feeding else 0),
             hidden,
@@ -87,7 +88,7 @@ class Decoder(nn.Module):
         )
         self.attention = Attention(attention, hidden, memory_size)
         self.combine = nn.Linear(hidden + memory_size, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # Bridge: the encoder's last-layer final state initialises every decoder layer.
         self.bridge_h = nn.Linear(memory_size, layers * hidden)
         self.bridge_c = nn.Linear(memory_size, layers * hidden)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from nmt.dropout import Dropout
 from nmt.fastpath import FrozenLinear, lstm_cell, weights_key
 from nmt.tokenizer import PAD
 
@@ -25,7 +26,7 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
-        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.emb_dropout = Dropout(emb_dropout)
         self.rnn = nn.LSTM(
             emb_size,
             hidden,
@@ -34,7 +35,7 @@ class Encoder(nn.Module):
             batch_first=True,
             dropout=dropout if layers > 1 else 0.0,
         )
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
         self.output_size = 2 * hidden
         self.precision = "fp32"  # of decoding: fp32, bf16 or int8
         self._frozen_cache: tuple | None = None  # (weights' versions and precision, the FrozenLSTM)
