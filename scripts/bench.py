@@ -5,7 +5,8 @@ sets.
 
 For each direction, `configs/<direction>.yaml` is trained with `nmt train` (into that config's run directory),
 once per seed of `SEEDS` (a seed other than the config's trains into `<run_dir>-seed<N>`). The length penalty
-is then chosen on the validation set (beam 5, the best BLEU over `LENGTH_PENALTIES`), and `nmt evaluate`
+is then chosen on the validation set (beam 5: the config's own, unless the best BLEU over `LENGTH_PENALTIES`
+beats it by a paired bootstrap test), and `nmt evaluate`
 translates every test set of the config with it as a whole process (so the speed column is what a user gets)
 and scores it with sacreBLEU: detokenized BLEU and chrF, and BLEU in the published style of Multi30k papers
 (lowercased, Moses-tokenized). A direction with several seeds also gets the ensemble of its runs, reported
@@ -30,6 +31,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sacrebleu.metrics import BLEU  # noqa: E402
+from sacrebleu.significance import PairedTest  # noqa: E402
+
 from nmt.config import load_config, load_run_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
 from nmt.rundir import BEST, CHECKPOINT, METRICS, holds_run  # noqa: E402
-from nmt.textio import count_lines, write_text  # noqa: E402
+from nmt.textio import count_lines, read_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
 MULTILINGUAL = "multilingual"  # configs/multilingual.yaml: one model, several directions
@@ -50,6 +55,8 @@ ZERO_SHOT = {"de-fr": "test_2016_flickr", "fr-de": "test_2016_flickr"}  # direct
 SEEDS = {"en-de": (1, 2)}  # the run-to-run spread of the default config; other directions: the config's seed
 BEAM = 5
 LENGTH_PENALTIES = (0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)  # GNMT alpha, chosen on the validation set
+SIGNIFICANCE = 0.05  # for a length penalty other than the config's (choose_length_penalty)
+BOOTSTRAP_SAMPLES = 1000
 
 
 class Stopped(Exception):
@@ -138,10 +145,17 @@ def multilingual_tasks(cfg) -> list[Task]:
 
 
 def evaluate(
-    models: list[Path], src: Path, ref: Path, alpha: float, json_path: Path, lang: str, tgt_lang: str | None
+    models: list[Path],
+    src: Path,
+    ref: Path,
+    alpha: float,
+    json_path: Path,
+    lang: str,
+    tgt_lang: str | None,
+    hyps_path: Path | None = None,
 ) -> tuple[dict, float]:
-    """`nmt evaluate` as a whole process, beam 5 (into `tgt_lang` for a multilingual model): its scores and
-    its wall-clock seconds."""
+    """`nmt evaluate` as a whole process, beam 5 (into `tgt_lang` for a multilingual model; its translations
+    also into `hyps_path`): its scores and its wall-clock seconds."""
     start = time.perf_counter()
     nmt(
         "-q",
@@ -161,6 +175,7 @@ def evaluate(
         str(ref),
         "--json",
         str(json_path),
+        *(["-o", str(hyps_path)] if hyps_path else []),
     )
     seconds = time.perf_counter() - start
     result = json.loads(json_path.read_text(encoding="utf-8"))
@@ -168,16 +183,42 @@ def evaluate(
     return result, seconds
 
 
-def choose_length_penalty(models: list[Path], task: Task, out: Path) -> tuple[float, dict[str, float]]:
-    """The length penalty with the best validation BLEU (the smallest of equals), and every one's BLEU."""
-    valid = task.files(task.valid)
-    bleu = {
-        alpha: evaluate(models, *valid, alpha, out / "valid.json", task.tgt, task.tgt_lang)[0]["bleu"]
-        for alpha in LENGTH_PENALTIES
-    }
-    best = max(LENGTH_PENALTIES, key=lambda alpha: (bleu[alpha], -alpha))
-    print(f"validation BLEU by length penalty: {bleu}; chosen {best}", flush=True)
-    return best, {str(alpha): b for alpha, b in bleu.items()}
+def choose_length_penalty(
+    models: list[Path], task: Task, out: Path, default: float
+) -> tuple[float, dict[str, float], float | None]:
+    """The length penalty to score the test sets with, every candidate's validation BLEU (beam 5), and the
+    p-value of the best candidate against `default` (None where `default` is the best).
+
+    The best of nine noisy scores on a validation set of a thousand sentences is better than the rest partly
+    by chance, so it replaces the config's own penalty only when sacreBLEU's paired bootstrap test finds it
+    better with p < `SIGNIFICANCE` / (candidates - 1) (Bonferroni: the best of several was picked)."""
+    alphas = sorted({*LENGTH_PENALTIES, default})
+    src, ref = task.files(task.valid)
+    bleu, hyps = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for alpha in alphas:
+            path = Path(tmp) / f"{alpha}.txt"
+            scores, _ = evaluate(models, src, ref, alpha, out / "valid.json", task.tgt, task.tgt_lang, path)
+            bleu[alpha] = scores["bleu"]
+            hyps[alpha] = list(read_lines(path))
+    best = max(alphas, key=lambda alpha: (bleu[alpha], alpha == default, -alpha))  # ties: the config's
+    p = None if best == default else paired_p_value(hyps[default], hyps[best], list(read_lines(ref)))
+    chosen = best if p is not None and p < SIGNIFICANCE / (len(alphas) - 1) else default
+    print(
+        f"validation BLEU by length penalty: {bleu}; best {best}"
+        + ("" if p is None else f" (p = {p:.3f} against the config's {default})")
+        + f"; chosen {chosen}",
+        flush=True,
+    )
+    return chosen, {str(alpha): b for alpha, b in bleu.items()}, p
+
+
+def paired_p_value(base: list[str], system: list[str], refs: list[str]) -> float:
+    """sacreBLEU's paired bootstrap resampling (`BOOTSTRAP_SAMPLES` resamples of the sentences, its fixed
+    seed): the p-value of the BLEU difference between `system` and `base` on `refs` being chance."""
+    systems = [("base", base), ("system", system)]
+    test = PairedTest(systems, {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=BOOTSTRAP_SAMPLES)
+    return test()[1]["BLEU"][1].p_value
 
 
 def config_path(direction: str) -> Path:
@@ -220,7 +261,8 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
     ends = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
-    alpha, valid_bleu = choose_length_penalty(models, task, out)
+    default = load_run_config(run_dirs[0] / "config.yaml").decode.length_penalty
+    alpha, valid_bleu, p_value = choose_length_penalty(models, task, out, default)
     rows = []
     for prefix in task.tests:
         src, ref = task.files(prefix)
@@ -243,6 +285,7 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
                 "translate_sent_per_s": round(count_lines(src) / seconds, 1),
                 "length_penalty": alpha,
                 "valid_bleu_by_length_penalty": valid_bleu,
+                "length_penalty_p": p_value,  # val's best against the config's; None: the config's was best
                 "best_valid_bleu": max(d["best_valid_bleu"] for d in ends),
                 "curve": curve(task, run_dirs[0]),
             }
@@ -313,7 +356,11 @@ def write_table(rows: list[dict], path: Path) -> None:
         "lowercased, Moses-normalised and Moses-tokenized (sacremoses, perl parity: it reproduces the "
         "dataset's tok/ references), then sacreBLEU with no tokenization of its own, signature "
         + "; ".join(f"`lc+moses-norm+moses-tok:LANG|{s}`" for s in published)
-        + ". Beam 5. Whole-process translation speed: start-up and model load included. "
+        + ". Beam 5. Length penalty: the config's, unless the best of "
+        + ", ".join(f"{a:g}" for a in LENGTH_PENALTIES)
+        + " on val beats it in sacreBLEU's paired bootstrap test "
+        + f"(p < {SIGNIFICANCE:g} / the number of the others). "
+        "Whole-process translation speed: start-up and model load included. "
         "An ensemble's minutes, steps and parameters are its runs' sums.",
     ]
     comparison = against_bilingual(rows)

@@ -51,13 +51,18 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     cfg = bench.load_config(path)
     assert bench.run_dir_for(cfg, 1) == run and bench.run_dir_for(cfg, 2) == run.with_name("run-seed2")
 
-    # The length penalty is the one with the best validation BLEU, each scored by a real `nmt evaluate`.
+    # The length penalty: each candidate (and the config's own, here one off the grid) scored on val by a real
+    # `nmt evaluate`; the best replaces the config's only when the paired bootstrap test finds it better.
     task = bench.bilingual_task(bench.load_config(path), "toy")
-    alpha, bleu = bench.choose_length_penalty([run / "best.safetensors"], task, tmp_path)
-    assert list(bleu) == [str(a) for a in bench.LENGTH_PENALTIES]
-    assert bleu[str(alpha)] == max(bleu.values()) and all(
-        a >= alpha for a in bench.LENGTH_PENALTIES if bleu[str(a)] == bleu[str(alpha)]
-    )
+    alpha, bleu, p = bench.choose_length_penalty([run / "best.safetensors"], task, tmp_path, 0.7)
+    assert list(bleu) == [str(a) for a in sorted({*bench.LENGTH_PENALTIES, 0.7})]
+    best = max(bleu.values())
+    if p is None:  # the config's penalty is among the best
+        assert alpha == 0.7 and bleu["0.7"] == best
+    else:
+        assert bleu["0.7"] < best and 0 < p <= 1
+        threshold = bench.SIGNIFICANCE / len(bench.LENGTH_PENALTIES)
+        assert (alpha, bleu[str(alpha)]) == ((0.7, bleu["0.7"]) if p >= threshold else (alpha, best))
 
     config["decode"] = {"beam": 3, "batch_size": 7}  # decoding settings leave the trained model as it is
     path.write_text(yaml.safe_dump(config))
@@ -69,6 +74,14 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     config["train"]["lr"] = 0.002
     path.write_text(yaml.safe_dump(config))
     assert not bench.finished(run, path)
+
+
+def test_the_paired_test_tells_a_better_system_from_chance():
+    refs = [f"a man number {i} rides a red bike down the hill near house {i % 7}" for i in range(300)]
+    worse = [" ".join(r.split()[::2]) for r in refs]  # every other word
+    one_fixed = [refs[0]] + worse[1:]
+    assert bench.paired_p_value(worse, refs, refs) < 0.01
+    assert bench.paired_p_value(worse, one_fixed, refs) > bench.SIGNIFICANCE
 
 
 def test_reuse_continues_an_interrupted_run(tmp_path, monkeypatch):
