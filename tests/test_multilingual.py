@@ -303,7 +303,9 @@ def test_the_benchmark_reuses_and_scores_a_finished_multilingual_run(multilingua
         lang: bench.evaluate([multilingual["model"]], src, ref, 1.0, json_path, "fr", lang)
         for lang in ("fr", "de")
     }
-    assert scores["fr"][0]["bleu"] > 50 and scores["de"][0]["bleu"] < 1
+    # into the other language it scores nothing; the 200-step toy model's own BLEU hangs on its random draws
+    # (seen: 39.8 and over 50 with two ways of drawing dropout masks, 10.4 and 13.4 with one thread)
+    assert scores["fr"][0]["bleu"] > 5 and scores["de"][0]["bleu"] < 1
     # its validation curve per direction: that direction's BLEU, none for a zero-shot direction
     tasks = {t.name: t for t in bench.multilingual_tasks(load_config(multilingual["run"] / "config.yaml"))}
     valid = [r for r in read_metrics(multilingual["run"]) if r["type"] == "valid"]
