@@ -202,7 +202,6 @@ class Trainer:
         self.model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device)
         if prepared.init_weights is not None:  # fine-tuning; on resume the checkpoint's weights win (below)
             self.model.load_state_dict(prepared.init_weights)
-        # fused: one kernel over all parameters, a fifth of the per-tensor loop's time on a CPU
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
         self.progress = Progress()
         self.in_layer = prepared.vocab.in_layer()  # for subword sampling
