@@ -202,7 +202,8 @@ class Trainer:
         self.model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device)
         if prepared.init_weights is not None:  # fine-tuning; on resume the checkpoint's weights win (below)
             self.model.load_state_dict(prepared.init_weights)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr)
+        fused = device.type in ("cpu", "cuda")  # one kernel for all tensors: 3-4% of a CPU step otherwise
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.t.lr, fused=fused)
         self.progress = Progress()
         self.in_layer = prepared.vocab.in_layer()  # for subword sampling
         state = load_checkpoint(run_dir / CHECKPOINT) if resume else {}
