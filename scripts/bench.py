@@ -45,7 +45,7 @@ from sacrebleu.significance import PairedTest  # noqa: E402
 from nmt.config import load_config, load_run_config  # noqa: E402
 from nmt.data import corpus_file, has_side  # noqa: E402
 from nmt.plot import read_metrics  # noqa: E402
-from nmt.rundir import BEST, CHECKPOINT, METRICS, holds_run  # noqa: E402
+from nmt.rundir import BEST, CHECKPOINT, CONFIG, METRICS, holds_run  # noqa: E402
 from nmt.textio import count_lines, read_lines, write_text  # noqa: E402
 
 DIRECTIONS = ["en-de", "de-en", "en-fr", "en-cs"]
@@ -77,7 +77,7 @@ def records(run_dir: Path) -> list[dict]:
 def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     """The run directory's saved config is the one given with its `overrides` (what training fills into the
     model section, and decoding settings, aside)."""
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG
     if not saved.is_file():
         return False
     ours, theirs = load_config(config, overrides).to_dict(), load_run_config(saved).to_dict()
@@ -261,7 +261,7 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
     ends = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
-    default = load_run_config(run_dirs[0] / "config.yaml").decode.length_penalty
+    default = load_run_config(run_dirs[0] / CONFIG).decode.length_penalty
     alpha, valid_bleu, p_value = choose_length_penalty(models, task, out, default)
     rows = []
     for prefix in task.tests:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 # Neither imports torch: translation is timed before torch is imported.
 from nmt.config import load_run_config  # noqa: E402
+from nmt.rundir import CONFIG  # noqa: E402
 from nmt.textio import read_lines, write_lines, write_text  # noqa: E402
 
 # Linux hands a child the memory high-water mark of the parent it was forked from, so the translate processes
@@ -94,7 +95,7 @@ def training_throughput(
     from nmt.train import prepare
     from nmt.trainer import train_step
 
-    cfg = load_run_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / CONFIG)
     cfg.model = dataclasses.replace(cfg.model, **model_overrides)
     precision = resolve_precision(precision, device)
     prepared = prepare(cfg, run_dir, World())  # the run's own SentencePiece model(s) and encoded corpus
@@ -223,7 +224,7 @@ def main() -> None:
             cwd=ROOT,
             check=True,
         )
-    cfg = load_run_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / CONFIG)
     test = Path(cfg.data.test[0])
     src, refs = Path("/tmp/nmt-bench-src.txt"), read_split(str(test), cfg.data.tgt_lang)
     write_lines(src, read_split(str(test), cfg.data.src_lang))
