@@ -11,9 +11,9 @@ import torch
 
 from nmt.batch import Batch, make_batch
 from nmt.config import TrainConfig
-from nmt.trainer import train_step
+from nmt.trainer import make_optimizer, train_step
 
-from conftest import VARIANTS, tiny_model
+from conftest import VARIANTS, tiny_model, training_step
 
 SRC = [[4, 5, 6], [9, 10, 11, 12, 4, 7, 8], [11], [6, 7, 8, 9], [12, 4]]
 TGT = [[5, 6, 7, 8], [7, 8], [6, 9, 10, 4, 5, 7], [10], [4, 9, 5]]
@@ -98,3 +98,22 @@ def test_clipping_that_bites_clips_the_whole_step(optimizer):
             torch.stack([(p - p0).norm() for p, p0 in zip(after_merged[0].parameters(), start.parameters())])
         )
         assert torch.allclose(update, torch.tensor(lr * t.clip_norm), rtol=1e-3)
+
+
+def test_decoding_after_a_training_step_uses_the_new_weights():
+    """Decoding caches what it computes from the weights (the decoder's step layout); after a step of the
+    trainer's own optimizer (a fused Adam, which writes the weights without bumping their version counters) it
+    decodes with the new weights, as the teacher-forced path does."""
+    model, batch = tiny_model(**VARIANTS[1]).eval(), make_batch(SRC, TGT)
+    prev = batch.tgt_in[:, 0]
+    with torch.no_grad():
+        before, _, _ = model.step(prev, model.encode(batch.src, batch.src_lens))  # builds the cache
+    model.train()
+    step(model, make_optimizer(model, 0.01), [batch], 0.01, TrainConfig(precision="fp32"), batch.n_tokens)
+    model.eval()
+    with torch.no_grad():
+        state = model.encode(batch.src, batch.src_lens)
+        got, _, _ = model.step(prev, state)
+        expected, _, _ = training_step(model, prev, state)
+    assert not torch.allclose(before, expected, atol=1e-3), "the step did not change the decoder's output"
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max().item()
