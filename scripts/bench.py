@@ -76,7 +76,7 @@ def records(run_dir: Path) -> list[dict]:
 
 def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
     """The run directory's saved config is the one given with its `overrides` (what training fills into the
-    model section, and decoding settings, aside)."""
+    model section, decoding settings, and where the run was and which snapshots it kept, aside)."""
     saved = run_dir / CONFIG
     if not saved.is_file():
         return False
@@ -92,6 +92,7 @@ def same_config(run_dir: Path, config: Path, overrides: list[str] = ()) -> bool:
             0  # only used to train SentencePiece, which a rerun takes from the run dir
         )
         del cfg["decode"]  # decoding settings do not change the trained model
+        del cfg["train"]["run_dir"], cfg["train"]["keep_last"]  # nor does a run dir moved, or snapshots kept
     return ours == theirs
 
 

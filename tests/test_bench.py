@@ -67,6 +67,7 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     config["decode"] = {"beam": 3, "batch_size": 7}  # decoding settings leave the trained model as it is
     path.write_text(yaml.safe_dump(config))
     assert bench.finished(run, path)
+    assert bench.finished(run, path, ["--train.keep_last=3", f"--train.run_dir={tmp_path / 'moved'}"])
     config["model"]["output_vocab"] = "all"
     path.write_text(yaml.safe_dump(config))
     assert not bench.finished(run, path)
