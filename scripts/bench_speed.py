@@ -93,7 +93,7 @@ def training_throughput(
     from nmt.distributed import World
     from nmt.model import Seq2Seq
     from nmt.train import prepare
-    from nmt.trainer import train_step
+    from nmt.trainer import make_optimizer, train_step
 
     cfg = load_run_config(run_dir / CONFIG)
     cfg.model = dataclasses.replace(cfg.model, **model_overrides)
@@ -104,7 +104,7 @@ def training_throughput(
     batches = data.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model, cfg.train.lr)  # the trainer's own
     lr = cfg.train.lr
     tokens = src_tokens = 0
     for i in range(warmup + steps):
