@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Neither imports torch: translation is timed before torch is imported.
+# None of these imports torch: translation is timed before torch is imported.
 from nmt.config import load_run_config  # noqa: E402
 from nmt.rundir import CONFIG  # noqa: E402
 from nmt.textio import read_lines, write_lines, write_text  # noqa: E402
