@@ -94,6 +94,9 @@ class ModelConfig:
     # probability (a multilingual source's language tag is kept), before the embeddings. 0: off
     word_dropout: float = 0.2
     tie_embeddings: bool = True  # decoder input embedding = output projection weights
+    # One embedding matrix for the source and the decoder input (with tie_embeddings, the output layer's
+    # too): a joint vocabulary's pieces get one vector wherever they occur. Needs data.joint_vocab.
+    share_embeddings: bool = False
     # The output layer's rows: `seen` the target pieces that occur in the training data (with a joint
     # vocabulary, the other language's pieces are never a right answer: en-de keeps 5,483 of 8,000, made up to
     # 5,504), or `all`.
@@ -271,6 +274,11 @@ def _data_model_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("model.emb_dropout", 0 <= cfg.model.emb_dropout < 1, "must be in [0, 1)"),
         ("model.word_dropout", 0 <= cfg.model.word_dropout < 1, "must be in [0, 1)"),
         ("model.max_src_len", cfg.model.max_src_len >= 1, "must be positive"),
+        (
+            "model.share_embeddings",
+            cfg.data.joint_vocab or not cfg.model.share_embeddings,
+            "needs data.joint_vocab: true (one SentencePiece model for both sides)",
+        ),
     ]
 
 

@@ -40,6 +40,7 @@ ARCHITECTURE = (
     "attention",
     "input_feeding",
     "tie_embeddings",
+    "share_embeddings",
     "output_vocab",
 )
 # they may differ from the model file's

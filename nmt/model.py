@@ -46,6 +46,14 @@ class Seq2Seq(nn.Module):
             cfg.tie_embeddings,
             vocab,
         )
+        if cfg.share_embeddings:
+            if cfg.src_vocab_size != cfg.tgt_vocab_size:
+                sizes = f"{cfg.src_vocab_size} source and {cfg.tgt_vocab_size} target pieces"
+                raise ValueError(f"shared embeddings for {sizes}")
+            self.encoder.embed = self.decoder.embed
+            # The weights (state_dict, model files, checkpoints) hold the matrix once, as the decoder's.
+            self.register_state_dict_post_hook(_drop_shared)
+            self.register_load_state_dict_pre_hook(_restore_shared)
         if init:
             self.reset_parameters()
 
@@ -155,3 +163,15 @@ class Seq2Seq(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+SHARED, SHARED_WITH = "encoder.embed.weight", "decoder.embed.weight"  # model.share_embeddings
+
+
+def _drop_shared(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    state.pop(prefix + SHARED, None)
+
+
+def _restore_shared(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    if prefix + SHARED_WITH in state:
+        state.setdefault(prefix + SHARED, state[prefix + SHARED_WITH])

@@ -64,6 +64,9 @@ VARIANTS = [
     dict(attention="luong", input_feeding=True, tie_embeddings=True),
     dict(attention="bahdanau", input_feeding=False, tie_embeddings=True, emb_size=10),
     dict(attention="luong", input_feeding=False, tie_embeddings=False, enc_layers=1, dec_layers=1),
+    dict(
+        attention="luong", input_feeding=False, tie_embeddings=True, share_embeddings=True, tgt_vocab_size=13
+    ),
 ]
 
 WORDS = {

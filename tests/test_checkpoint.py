@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from nmt.batch import make_batch
 from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -32,6 +33,25 @@ def test_model_file_rebuilds_model_and_tokenizer(tmp_path, tok):
     batch = make_batch([[4, 5, 6]], [[7, 8]])
     torch.testing.assert_close(loaded.logits(batch), model.logits(batch))
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_shared_embeddings_stay_one_matrix_through_training_and_the_model_file(tmp_path, tok):
+    sizes = dict(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size, tie_embeddings=True)
+    model, apart = tiny_model(share_embeddings=True, **sizes), tiny_model(**sizes)
+    assert model.encoder.embed.weight is model.decoder.embed.weight
+    assert apart.num_parameters() - model.num_parameters() == model.encoder.embed.weight.numel()
+    batch = make_batch([[4, 5, 6]], [[7, 8, 4]])
+    model(batch).backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert model.encoder.embed.weight is model.decoder.embed.weight
+    save_model(tmp_path / "m.safetensors", model, tok)
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        assert "decoder.embed.weight" in f.keys() and "encoder.embed.weight" not in f.keys()  # held once
+    loaded, _, _ = load_model(tmp_path / "m.safetensors")
+    assert loaded.encoder.embed.weight is loaded.decoder.embed.weight
+    torch.testing.assert_close(loaded.logits(batch), model.eval().logits(batch))
+    with pytest.raises(ValueError, match="shared embeddings for 41 source and 40 target pieces"):
+        tiny_model(share_embeddings=True, src_vocab_size=41, tgt_vocab_size=40)
 
 
 def test_bad_model_files_give_clear_errors(tmp_path, tok):

@@ -79,6 +79,11 @@ def test_a_run_recorded_before_a_key_reads_as_it_ran(tmp_path):
         ({}, ["--model.word_dropout=1"], "model.word_dropout must be in [0, 1)"),
         ({"decode": {"beam": 0}}, [], "decode.beam must be positive"),
         ({"data": {"tgt_lang": "en"}}, [], "data.tgt_lang must differ from data.src_lang"),
+        (
+            {"data": {"joint_vocab": False}, "model": {"share_embeddings": True}},
+            [],
+            "model.share_embeddings needs data.joint_vocab: true",
+        ),
         ({"train": 3}, [], "section 'train' must be a mapping"),
         ({}, ["--train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         ({}, ["--lr=1"], "expected --section.key=value"),
