@@ -151,6 +151,10 @@ class TrainConfig:
     # at the end, validate the mean of the last N validations' models too (kept as step-N.safetensors); it
     # becomes best.safetensors when its validation BLEU is higher. 0: no averaging
     average_last: int = 5
+    # an exponential moving average of the weights, updated every step (ema = d * ema + (1 - d) * weights):
+    # validation, the best model and the kept models are the average's, training goes on from the weights.
+    # 0: off
+    ema_decay: float = 0.0
     log_every: int = 100
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default
@@ -314,6 +318,7 @@ def _train_decode_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("train.keep_last", cfg.train.keep_last >= 0, "must not be negative"),
         ("train.average_last", cfg.train.average_last != 1, "must be 0 (off) or at least 2"),
         ("train.average_last", cfg.train.average_last >= 0, "must not be negative"),
+        ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "must be in [0, 1) (0 turns the average off)"),
         ("train.log_every", cfg.train.log_every >= 1, "must be positive"),
         ("train.threads", cfg.train.threads >= 0, "must not be negative"),
         ("decode.beam", cfg.decode.beam >= 1, "must be positive"),

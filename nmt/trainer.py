@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 import sentencepiece as spm
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from nmt import data
@@ -213,6 +214,7 @@ class Trainer:
         if prepared.init_weights is not None:  # fine-tuning; on resume the checkpoint's weights win (below)
             self.model.load_state_dict(prepared.init_weights)
         self.optimizer = make_optimizer(self.model, self.t.lr)
+        self.ema = moving_average(self.model, self.t.ema_decay)  # None: off
         self.progress = Progress()
         self.in_layer = prepared.vocab.in_layer()  # for subword sampling
         state = load_checkpoint(run_dir / CHECKPOINT) if resume else {}
@@ -233,6 +235,10 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(migrate(state["model"], state.get("version", 1)))  # older runs' names
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:
+            log.warning("the checkpoint has no moving average: it starts from the resumed weights")
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"])
         random.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
@@ -248,6 +254,7 @@ class Trainer:
         if not self.world.main:
             return
         py_state = random.getstate()
+        ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
         save_checkpoint(
             self.run_dir / CHECKPOINT,
             {
@@ -258,7 +265,8 @@ class Trainer:
                 "rng": torch.get_rng_state(),
                 "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
                 "rank_rng": rank_rng,  # each rank's generators: its dropout masks (on its GPU's, on one)
-            },
+            }
+            | ema,
         )
 
     def should_stop(self) -> bool:
@@ -293,16 +301,30 @@ class Trainer:
         stop, seconds = None, 0.0
         if self.world.main:
             began = time.monotonic()
-            stop = self.validate_and_keep()
+            with self.holding(None if self.ema is None else self.ema.module.state_dict()):
+                stop = self.validate_and_keep()
             seconds = time.monotonic() - began
         stop, self.progress, seconds = self.world.broadcast((stop, self.progress, seconds))
         self.validation_seconds.append(round(seconds, 3))
         self.checkpoint()  # every rank: each one's random generators go into it
         return stop
 
+    @contextlib.contextmanager
+    def holding(self, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
+        """The model holds `weights` inside (None: its own), and its own weights again after."""
+        if weights is None:
+            yield
+            return
+        own = {name: t.clone() for name, t in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
+
     def validate_and_keep(self) -> bool:
-        """Validate, keep the best model, adjust the learning rate; True when patience has run out. (The
-        checkpoint follows, on every rank.)"""
+        """Validate the model as it is (with `ema_decay`, holding the moving average), keep the best model,
+        adjust the learning rate; True when patience has run out. (The checkpoint follows, on every rank.)"""
         t, p = self.t, self.progress
         scores = self.validate()
         improved = scores["valid_bleu"] > p.best_bleu
@@ -362,9 +384,12 @@ class Trainer:
         paths = self.snapshots()[-self.t.average_last :]
         if not (self.world.main and self.t.average_last and len(paths) >= 2):
             return
-        own = {name: t.clone() for name, t in self.model.state_dict().items()}
         mean, _ = averaged(paths, self.model.device)
-        self.model.load_state_dict(mean.state_dict())
+        with self.holding(mean.state_dict()):
+            self.average_and_keep(paths)
+
+    def average_and_keep(self, paths: list[Path]) -> None:
+        """Validate the model, which holds the mean of the models of `paths`; the best model if better."""
         scores = self.validate()
         p, steps = self.progress, [snapshot_step(path) for path in paths]
         improved = scores["valid_bleu"] > p.best_bleu
@@ -382,7 +407,6 @@ class Trainer:
             scores["valid_bleu"],
             " (best)" if improved else "",
         )
-        self.model.load_state_dict(own)
 
     def take_step(self, step_batches: list, tgt_lens) -> None:
         """One optimizer step over the step's batches (every rank knows them all: it takes every
@@ -394,6 +418,8 @@ class Trainer:
         self.window.loss += train_step(
             self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision, world.size
         )
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.window.tokens += n_tokens
         p.step += 1
         p.position += 1
@@ -500,6 +526,12 @@ class Trainer:
             self.run_dir / CHECKPOINT,
         )
         raise KeyboardInterrupt
+
+
+def moving_average(model: Seq2Seq, decay: float) -> AveragedModel | None:
+    """A copy of `model` whose weights follow the exponential moving average of `model`'s, updated by
+    `update_parameters` (its first update copies them); None for `decay` 0."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
 
 
 def rng_states(device: torch.device) -> list[torch.Tensor]:

@@ -77,6 +77,7 @@ def test_a_run_recorded_before_a_key_reads_as_it_ran(tmp_path):
         ({"train": {"batch_tokens": 0}}, [], "train.batch_tokens must be positive"),
         ({"model": {"dropout": 1.5}}, [], "model.dropout must be in [0, 1)"),
         ({}, ["--model.word_dropout=1"], "model.word_dropout must be in [0, 1)"),
+        ({}, ["--train.ema_decay=1"], "train.ema_decay must be in [0, 1) (0 turns the average off)"),
         ({"decode": {"beam": 0}}, [], "decode.beam must be positive"),
         ({"data": {"tgt_lang": "en"}}, [], "data.tgt_lang must differ from data.src_lang"),
         (

@@ -253,3 +253,36 @@ def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
     train(config("c", sections={}))
     c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_moving_average_is_validated_kept_and_resumed_exactly(tmp_path):
+    """With `ema_decay` d the weights validated and kept are ema = d * ema + (1 - d) * weights after every
+    step (the first step's weights to start), training goes on from the weights themselves, and a run
+    stopped and resumed ends with the average of the same run straight through."""
+    d = 0.75
+    settings = {"lr": 3e-3, "valid_every": 1, "keep_last": 1, "ema_decay": d, "time_budget_min": 0}
+
+    def config(name: str, max_steps: int):
+        return toy_config(tmp_path / name, train=settings | {"threads": 1, "max_steps": max_steps})
+
+    def checkpoint(name: str) -> dict:
+        return torch.load(tmp_path / name / "run" / "checkpoint.pt", weights_only=True)
+
+    def averaged_weights(state: dict) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+
+    train(config("b", max_steps=1))
+    one = checkpoint("b")
+    assert all(torch.equal(averaged_weights(one)[k], w) for k, w in one["model"].items())  # a copy at first
+    train(config("b", max_steps=2), resume=True)
+    train(config("a", max_steps=2))
+    a, b = checkpoint("a"), checkpoint("b")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"]) and int(a["ema"]["n_averaged"]) == 2
+    ema = averaged_weights(a)
+    for name, w in a["model"].items():
+        if w.is_floating_point():
+            assert torch.allclose(ema[name], d * one["model"][name] + (1 - d) * w, atol=1e-6)
+    assert not all(torch.equal(ema[k], w) for k, w in a["model"].items())
+    kept, _, info = load_model(tmp_path / "a" / "run" / "step-2.safetensors")
+    assert info["step"] == 2 and all(torch.equal(ema[k], w) for k, w in kept.state_dict().items())
