@@ -6,7 +6,7 @@ metrics.jsonl       one JSON object per log interval, validation and test score
 curves.png          training loss, validation perplexity and BLEU against steps and minutes
 best.safetensors    the model with the best validation BLEU: self-contained, what `nmt translate` reads
 step-N.safetensors  the last `train.keep_last` validations' models, for `nmt average`
-checkpoint.pt       model, optimizer and trainer state for `--resume`
+checkpoint.pt       model, optimizer and trainer state (and the moving average of the weights) for `--resume`
 train.log           the log
 tensorboard/        with `train.tensorboard: true`, the metrics as TensorBoard event files
 <test split>.<lang>.hyp   the best model's translations of each test split
