@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import sentencepiece as spm
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from nmt import data
@@ -530,8 +530,17 @@ class Trainer:
 
 def moving_average(model: Seq2Seq, decay: float) -> AveragedModel | None:
     """A copy of `model` whose weights follow the exponential moving average of `model`'s, updated by
-    `update_parameters` (its first update copies them); None for `decay` 0."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+    `update_parameters` (its first update copies them); None for `decay` 0. The decay warms up: after n
+    updates it is min(decay, (1 + n) / (10 + n)) (TensorFlow's and Marian's rule), so the average of a short
+    run or of a fine-tuning is of its recent weights, not of where it started; from about 1 / (1 - decay)
+    updates on (9,000 for 0.999) it is `decay`."""
+
+    @torch.no_grad()
+    def update(averages: list[torch.Tensor], weights: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        torch._foreach_lerp_(averages, weights, 1 - d)  # the model parameters: all floating point
+
+    return AveragedModel(model, multi_avg_fn=update) if decay else None
 
 
 def rng_states(device: torch.device) -> list[torch.Tensor]:

@@ -13,9 +13,9 @@ from nmt.config import TrainConfig, config_from_dict
 from nmt.ensemble import averaged
 from nmt.errors import NMTError
 from nmt.train import train
-from nmt.trainer import Progress, budget_used, learning_rate, over_budget
+from nmt.trainer import Progress, budget_used, learning_rate, moving_average, over_budget
 
-from conftest import toy_corpus
+from conftest import tiny_model, toy_corpus
 
 
 def test_learning_rate_schedule():
@@ -255,10 +255,28 @@ def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
 
 
+def test_moving_average_decay_warms_up_to_its_value():
+    """After n updates the decay is min(d, (1 + n) / (10 + n)): a short run averages its recent weights, a
+    long one (here from n = 35 on) the given decay's."""
+    d, model = 0.8, tiny_model()
+    ema, expected = moving_average(model, d), None
+    generator = torch.Generator().manual_seed(0)
+    for n in range(60):
+        with torch.no_grad():
+            for w in model.parameters():
+                w.add_(torch.randn(w.shape, generator=generator))
+        weights = [w.detach().clone() for w in model.parameters()]
+        ema.update_parameters(model)
+        decay = min(d, (1 + n) / (10 + n))
+        expected = weights if n == 0 else [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(ema.module.parameters(), expected))
+
+
 def test_moving_average_is_validated_kept_and_resumed_exactly(tmp_path):
-    """With `ema_decay` d the weights validated and kept are ema = d * ema + (1 - d) * weights after every
-    step (the first step's weights to start), training goes on from the weights themselves, and a run
-    stopped and resumed ends with the average of the same run straight through."""
+    """With `ema_decay` d the weights validated and kept are ema = d_n * ema + (1 - d_n) * weights after
+    every step, d_n = min(d, (1 + n) / (10 + n)) after n steps (the first step's weights to start), training
+    goes on from the weights themselves, and a run stopped and resumed ends with the average of the same
+    run straight through."""
     d = 0.75
     settings = {"lr": 3e-3, "valid_every": 1, "keep_last": 1, "ema_decay": d, "time_budget_min": 0}
 
@@ -282,7 +300,8 @@ def test_moving_average_is_validated_kept_and_resumed_exactly(tmp_path):
     ema = averaged_weights(a)
     for name, w in a["model"].items():
         if w.is_floating_point():
-            assert torch.allclose(ema[name], d * one["model"][name] + (1 - d) * w, atol=1e-6)
+            d_1 = min(d, 2 / 11)
+            assert torch.allclose(ema[name], d_1 * one["model"][name] + (1 - d_1) * w, atol=1e-6)
     assert not all(torch.equal(ema[k], w) for k, w in a["model"].items())
     kept, _, info = load_model(tmp_path / "a" / "run" / "step-2.safetensors")
     assert info["step"] == 2 and all(torch.equal(ema[k], w) for k, w in kept.state_dict().items())
