@@ -83,9 +83,9 @@ class ModelConfig:
     tgt_vocab_size: int = 0
     emb_size: int = 256
     enc_hidden: int = 256  # per direction
-    enc_layers: int = 1
+    enc_layers: int = 2
     dec_hidden: int = 256
-    dec_layers: int = 1
+    dec_layers: int = 2
     attention: Literal["bahdanau", "luong"] = "luong"
     input_feeding: bool = False  # feed the previous attentional vector to the decoder LSTM (a per-step loop)
     dropout: float = 0.3  # on LSTM outputs between layers and on the attentional vector
@@ -153,8 +153,8 @@ class TrainConfig:
     average_last: int = 5
     # an exponential moving average of the weights, updated every step (ema = d * ema + (1 - d) * weights):
     # validation, the best model and the kept models are the average's, training goes on from the weights.
-    # 0: off
-    ema_decay: float = 0.0
+    # Its first update copies the weights, so it trails them by about 1 / (1 - d) steps. 0: off
+    ema_decay: float = 0.999
     log_every: int = 100
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default
@@ -383,7 +383,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 # Keys whose default changed after runs were recorded without them, with the value those runs had. A run's
 # config.yaml holds every key of its day, so one it lacks is one its run never had.
-BEFORE_THE_KEY = {"model": {"word_dropout": 0.0}, "train": {"average_last": 0}}
+BEFORE_THE_KEY = {"model": {"word_dropout": 0.0}, "train": {"average_last": 0, "ema_decay": 0.0}}
 
 
 def load_run_config(path: str | Path) -> Config:
