@@ -151,9 +151,9 @@ class TrainConfig:
     # at the end, validate the mean of the last N validations' models too (kept as step-N.safetensors); it
     # becomes best.safetensors when its validation BLEU is higher. 0: no averaging
     average_last: int = 5
-    # an exponential moving average of the weights, updated every step (ema = d * ema + (1 - d) * weights):
-    # validation, the best model and the kept models are the average's, training goes on from the weights.
-    # Its first update copies the weights, so it trails them by about 1 / (1 - d) steps. 0: off
+    # an exponential moving average of the weights, updated every step (ema = d_n * ema + (1 - d_n) * weights,
+    # d_n = min(d, (1 + n) / (10 + n)) after n steps): validation, the best model and the kept models are the
+    # average's, training goes on from the weights. 0: off
     ema_decay: float = 0.999
     log_every: int = 100
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
