@@ -536,8 +536,9 @@ def moving_average(model: Seq2Seq, decay: float) -> AveragedModel | None:
     updates on (9,000 for 0.999) it is `decay`."""
 
     @torch.no_grad()
-    def update(averages: list[torch.Tensor], weights: list[torch.Tensor], n: torch.Tensor) -> None:
-        d = min(decay, (1 + int(n)) / (10 + int(n)))
+    def update(averages: list[torch.Tensor], weights: list[torch.Tensor], updates: torch.Tensor) -> None:
+        n = int(updates)
+        d = min(decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(averages, weights, 1 - d)  # the model parameters: all floating point
 
     return AveragedModel(model, multi_avg_fn=update) if decay else None
