@@ -124,7 +124,7 @@ class TrainConfig:
     init_from: Optional[str] = None
     batch_tokens: int = 2000  # target tokens per batch, padding included
     accumulate: int = 1  # batches per step and process: a step learns from world size × accumulate batches
-    lr: float = 1e-3
+    lr: float = 2e-3  # Adam; 2e-3 with the moving average (results/quality.md, lr2)
     warmup_steps: int = 0
     # plateau: cut when validation BLEU stalls; linear, cosine: down to min_lr over the budget (the larger of
     # the fractions of max_steps and of time_budget_min used so far)

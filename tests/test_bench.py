@@ -72,7 +72,7 @@ def test_reuse_needs_a_finished_run_of_the_same_config(tmp_path):
     path.write_text(yaml.safe_dump(config))
     assert not bench.finished(run, path)
     config["model"]["output_vocab"] = "seen"
-    config["train"]["lr"] = 0.002
+    config["train"]["lr"] = 0.003
     path.write_text(yaml.safe_dump(config))
     assert not bench.finished(run, path)
 
@@ -110,7 +110,7 @@ def test_reuse_continues_an_interrupted_run(tmp_path, monkeypatch):
 def test_a_run_of_another_config_is_replaced(tmp_path, monkeypatch, capsys):
     """The benchmark's run directories are its own: a finished run of another config there is trained again
     from nothing, so the records, snapshots and `done` are the new run's alone."""
-    other = toy_config(tmp_path, max_steps=8, valid_every=2, keep_last=4, lr=0.002)
+    other = toy_config(tmp_path, max_steps=8, valid_every=2, keep_last=4, lr=0.003)
     path, run = tmp_path / "toy.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(other))
     bench.nmt("-q", "train", str(path))
