@@ -47,6 +47,7 @@ def weights_key(module: torch.nn.Module) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
+_COLUMNS = 256  # bf16 `FrozenLinear`'s column block (see its __call__)
 _RANGE = torch.tensor([1.0, -1.0])  # int8 `FrozenLinear`'s two extra input columns: the range of its rows
 
 
@@ -69,8 +70,9 @@ class FrozenLinear:
             with quantizing():
                 qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
             self.packed, self.bias = torch.ops.quantized.linear_prepack(qweight, bias), bias
-        elif precision == "bf16":
-            self.weight, self.bias = weight.bfloat16(), bias
+        elif precision == "bf16":  # (out, in) as column blocks of at most _COLUMNS
+            self.blocks = [block.bfloat16().contiguous() for block in weight.split(_COLUMNS, dim=1)]
+            self.bias = bias
         else:
             self.weight, self.bias = weight, bias
 
@@ -80,9 +82,14 @@ class FrozenLinear:
             return F.linear(x, self.weight, self.bias)
         if self.precision == "int8":
             return self._int8(x)
-        # oneDNN's bf16 kernels sum each row in an order that does not depend on the number of rows.
+        # oneDNN's bf16 kernels sum each row in an order that does not depend on the number of rows when x has
+        # at most 448 columns; with more, an AMX CPU sums some rows in another order for some numbers of rows
+        # (measured at 512, 768, 1024). So x multiplies in blocks of _COLUMNS columns, added in one order.
         n = x.size(0)
-        y = F.linear(F.pad(x, (0, 0, 0, -n % self.rows)).bfloat16(), self.weight).float()
+        x = F.pad(x, (0, 0, 0, -n % self.rows)).bfloat16()
+        y = F.linear(x[:, :_COLUMNS], self.blocks[0]).float()
+        for i, block in enumerate(self.blocks[1:], 1):
+            y.add_(F.linear(x[:, i * _COLUMNS : (i + 1) * _COLUMNS], block).float())
         if self.bias is not None:
             y.add_(self.bias)
         return y[:n]

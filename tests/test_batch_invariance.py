@@ -61,11 +61,12 @@ def test_packed_batch_encodes_each_sentence_bit_for_bit_as_alone(model, precisio
             assert torch.equal(h[:, i], h1[:, 0]) and torch.equal(c[:, i], c1[:, 0])
 
 
+@pytest.mark.parametrize("width", [96, 768])  # 768: the default decoder's combine (see FrozenLinear)
 @pytest.mark.parametrize("precision", PRECISIONS[1:])
-def test_each_row_of_a_frozen_linear_is_bit_for_bit_that_row_alone(precision):
+def test_each_row_of_a_frozen_linear_is_bit_for_bit_that_row_alone(precision, width):
     torch.manual_seed(2)
-    weight, bias = torch.randn(300, 96) * 0.1, torch.randn(300)
-    x = torch.randn(200, 96)
+    weight, bias = torch.randn(300, width) * 0.1, torch.randn(300)
+    x = torch.randn(200, width)
     x[:100] = x[:100].tanh()  # rows within [-1, 1] (as the decoder's inputs are), then rows beyond
     x[3] = 0.0
     x[150] *= 1e3
