@@ -86,10 +86,10 @@ class FrozenLinear:
         # at most 448 columns; with more, an AMX CPU sums some rows in another order for some numbers of rows
         # (measured at 512, 768, 1024). So x multiplies in blocks of _COLUMNS columns, added in one order.
         n = x.size(0)
-        x = F.pad(x, (0, 0, 0, -n % self.rows)).bfloat16()
-        y = F.linear(x[:, :_COLUMNS], self.blocks[0]).float()
-        for i, block in enumerate(self.blocks[1:], 1):
-            y.add_(F.linear(x[:, i * _COLUMNS : (i + 1) * _COLUMNS], block).float())
+        parts = F.pad(x, (0, 0, 0, -n % self.rows)).bfloat16().split(_COLUMNS, dim=1)  # as self.blocks
+        y = F.linear(parts[0], self.blocks[0]).float()
+        for part, block in zip(parts[1:], self.blocks[1:]):
+            y.add_(F.linear(part, block).float())
         if self.bias is not None:
             y.add_(self.bias)
         return y[:n]
