@@ -36,7 +36,9 @@ def test_learns_to_reverse_exactly(input_feeding):
     )
     rng = random.Random(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(400):
+    for step in range(500):
+        if step == 400:  # settle: at 0.01 to the end, a sentence in 200 can come out wrong (rounding decides)
+            optimizer.param_groups[0]["lr"] = 0.001
         src = sequences(rng, 64)
         batch = make_batch(src, [s[::-1] for s in src])
         loss = token_loss_sum(model.logits(batch), batch.tgt_out) / batch.n_tokens

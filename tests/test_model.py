@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.batch import Batch, make_batch, pad
+from nmt.dropout import Dropout
+from nmt.encoder import prefix_lstm
 from nmt.errors import NMTError
 from nmt.loss import token_loss_sum
 from nmt.model import Seq2Seq
@@ -267,3 +271,44 @@ def test_output_layer_over_seen_pieces_is_the_full_softmax_renormalised(variant,
         masked = full.logits(batch)[..., SEEN]  # (B, T, V_out): what the full model gives the seen pieces
         expected = token_loss_sum(masked, restricted.vocab.columns(batch.tgt_out), smoothing)
         torch.testing.assert_close(restricted_loss, expected)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("lens", [[7, 3, 5, 1, 7], [4, 4, 4], [6, 5, 6, 5]])
+def test_prefix_lstm_is_torchs_packed_lstm(layers, lens):
+    """Training's encoder LSTM (dense prefix, packed rest) gives torch's packed LSTM: outputs, final states,
+    gradients of inputs and weights."""
+    torch.manual_seed(0)
+    rnn = nn.LSTM(6, 5, num_layers=layers, bidirectional=True, batch_first=True)
+    lens = torch.tensor(lens)
+    length = int(lens.max())
+    x = torch.randn(len(lens), length, 6) * (torch.arange(length) < lens[:, None]).unsqueeze(-1)  # 0: padding
+    cotangent = torch.randn(len(lens), length, 10), torch.randn(2, layers * 2, len(lens), 5)
+
+    def run(prefix: bool):
+        inputs = x.clone().requires_grad_()
+        if prefix:
+            out, (h, c) = prefix_lstm(rnn, inputs, lens, Dropout(0.0))
+        else:
+            packed = pack_padded_sequence(inputs, lens, batch_first=True, enforce_sorted=False)
+            out, (h, c) = rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        loss = (out * cotangent[0]).sum() + (h * cotangent[1][0]).sum() + (c * cotangent[1][1]).sum()
+        grads = torch.autograd.grad(loss, [inputs, *rnn.parameters()])
+        return out, h, c, grads
+
+    expected, got = run(prefix=False), run(prefix=True)
+    for e, g in zip(expected[:3], got[:3]):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert (got[0][torch.arange(x.size(1)) >= lens[:, None]] == 0).all()  # nothing at padding
+    for e, g in zip(expected[3], got[3]):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_training_encoder_is_the_decoding_encoder_without_dropout():
+    """Training's encoder (`prefix_lstm` on a CPU) and decoding's (torch's packed LSTM): one function."""
+    model = tiny_model()  # no dropout
+    batch = make_batch(SRC, TGT)
+    trained = model.train().encoder(batch.src, batch.src_lens)
+    decoded = model.eval().encoder(batch.src, batch.src_lens)
+    torch.testing.assert_close(trained, decoded, rtol=1e-5, atol=1e-6)
