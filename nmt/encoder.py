@@ -201,6 +201,7 @@ def prefix_direction(
     hidden = weights[1].size(1)
     dense = int(lens.min())
     zeros = x.new_zeros(1, batch, hidden)
+    # torch.lstm's flags: has_biases, num_layers, dropout, train, bidirectional[, batch_first]
     out, h, c = torch.lstm(x[:, :dense], (zeros, zeros), weights, True, 1, 0.0, True, False, True)
     h, c = h[0], c[0]
     going = (lens > dense).nonzero().squeeze(1)  # sentences with steps left
