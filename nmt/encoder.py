@@ -39,7 +39,7 @@ class Encoder(nn.Module):
             dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dropout = Dropout(dropout)
-        self.layer_dropout = Dropout(dropout if layers > 1 else 0.0)  # between LSTM layers, as `rnn`'s own
+        self.layer_dropout = Dropout(self.rnn.dropout)  # training on a CPU: between layers, as `rnn`'s own
         self.output_size = 2 * hidden
         self.precision = "fp32"  # of decoding: fp32, bf16 or int8
         self._frozen_cache: tuple | None = None  # (weights' versions and precision, the FrozenLSTM)
@@ -163,11 +163,11 @@ def prefix_lstm(
     similar lengths, so the dense part is most of it (93% of the source tokens of en-de's batches).
     `layer_dropout` applies between layers, where `rnn` would apply its own dropout."""
     order = reversal(lens, x.size(1))  # (B, S)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.lstm's order of one direction's weights
     hs, cs = [], []
     for layer in range(rnn.num_layers):
         outs = []
         for suffix in ("", "_reverse"):
-            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             weights = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in names]
             inputs = reorder(x, order) if suffix else x
             out, h, c = prefix_direction(inputs, lens, weights)
@@ -195,8 +195,8 @@ def reorder(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 def prefix_direction(
     x: torch.Tensor, lens: torch.Tensor, weights: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One direction of one LSTM layer over x (B, S, In), right-padded → outputs (B, S, H) (zeros at padding)
-    and each sentence's final h, c (B, H): the first min(lens) steps dense, the rest packed."""
+    """One direction of one LSTM layer over x (B, S, In), right-padded → outputs (B, S, H) (zeros at
+    padding) and each sentence's final h, c (B, H): the first min(lens) steps dense, the rest packed."""
     batch, length = x.shape[:2]
     hidden = weights[1].size(1)
     dense = int(lens.min())
