@@ -210,8 +210,8 @@ def prefix_direction(
     packed = pack_padded_sequence(
         x[going, dense:], lens[going] - dense, batch_first=True, enforce_sorted=False
     )
-    start = (h[going].unsqueeze(0), c[going].unsqueeze(0))
-    start = tuple(s.index_select(1, packed.sorted_indices) for s in start)  # (1, n, H): longest first
+    first = going[packed.sorted_indices]  # the going sentences, longest first
+    start = (h[first].unsqueeze(0), c[first].unsqueeze(0))  # (1, n, H)
     rest, h_rest, c_rest = torch.lstm(
         packed.data, packed.batch_sizes, start, weights, True, 1, 0.0, True, False
     )
