@@ -1,7 +1,8 @@
 """The self-contained model file and training checkpoints. Loading either never unpickles objects.
 
-Model file: safetensors; the weights as tensors, the model config (JSON) and the SentencePiece model(s)
-(base64) in its metadata, so translation needs nothing else. Training checkpoint: `torch.save` of tensors
+Model file: safetensors; the weights as tensors, the model config (JSON), the SentencePiece model(s) (base64)
+and the decoding settings of the config it was trained with (JSON, the defaults of translating with it) in its
+metadata, so translation needs nothing else. Training checkpoint: `torch.save` of tensors
 and plain values, read back with `weights_only=True`. Both are written to a temporary file and renamed into
 place, so a crash never leaves a half-written file where a good one was.
 """
@@ -20,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from nmt.config import model_config_from_dict
+from nmt.config import DecodeConfig, decode_config_from_dict, model_config_from_dict
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
 from nmt.textio import atomic_write
@@ -43,7 +44,14 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str, Any] | None = None) -> None:
+def save_model(
+    path: str | Path,
+    model: Seq2Seq,
+    tok: Tokenizer,
+    info: dict[str, Any] | None = None,
+    decode: DecodeConfig | None = None,
+) -> None:
+    """`decode`: the decoding defaults the file carries (`saved_decode`); None: `DecodeConfig`'s."""
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -51,11 +59,24 @@ def save_model(path: str | Path, model: Seq2Seq, tok: Tokenizer, info: dict[str,
         "spm_src": base64.b64encode(tok.src_proto).decode("ascii"),
         "spm_tgt": base64.b64encode(tok.tgt_proto).decode("ascii"),
         "info": json.dumps(info or {}),
+        "decode_config": json.dumps(dataclasses.asdict(decode or DecodeConfig())),
     }
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     metadata["sha256"] = tensor_digest(tensors)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def saved_decode(path: str | Path) -> DecodeConfig:
+    """The decoding defaults a model file carries: its training config's decode section (a file from before
+    they were saved: `DecodeConfig`'s). Reads the metadata only."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            saved = (f.metadata() or {}).get("decode_config")
+        return DecodeConfig() if saved is None else decode_config_from_dict(json.loads(saved), f"{path}")
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise NMTError(f"{path}: not an nmt model file, or its decoding settings corrupted ({e})") from None
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], int]:

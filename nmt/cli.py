@@ -64,8 +64,8 @@ def _port(text: str) -> int:
 
 
 def _translator(args):
-    """The model(s) of `-m`, loaded as the decoding flags say; the flags left out keep `DecodeConfig`'s
-    defaults."""
+    """The model(s) of `-m`, loaded as the decoding flags say; the flags left out keep the (first) model
+    file's decoding settings."""
     from nmt.translate import Translator
 
     translator = Translator.load(args.model, args.device, args.precision, args.threads)
@@ -269,9 +269,11 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         "languages). Any source language it was trained on may go into it: a direction it never trained "
         "on (say de to fr for a model of en-de, de-en, en-fr, fr-en) is zero-shot, allowed and usually worse",
     )
-    # Decoding options default to None: what is left out keeps DecodeConfig's default, their one source.
+    # Decoding options default to None: what is left out keeps the model file's settings (the decode section
+    # of the config it was trained with: DecodeConfig's defaults, shown here, unless that config set them).
     d = DecodeConfig()
-    p.add_argument("--beam", type=_positive("--beam"), help=f"beam size; 1 is greedy (default {d.beam})")
+    p.epilog = "*: or the model file's own, the decode section of the config it was trained with"
+    p.add_argument("--beam", type=_positive("--beam"), help=f"beam size; 1 is greedy (default {d.beam}*)")
     p.add_argument(
         "--batch-size",
         type=_positive("--batch-size"),
@@ -280,15 +282,15 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--length-penalty",
         type=_number("--length-penalty", 0, True),
-        help=f"GNMT length penalty alpha (default {d.length_penalty})",
+        help=f"GNMT length penalty alpha (default {d.length_penalty}*)",
     )
     p.add_argument(
         "--max-len-ratio",
         type=_number("--max-len-ratio", 0, False),
-        help=f"output pieces at most ratio * source + offset (default {d.max_len_ratio})",
+        help=f"output pieces at most ratio * source + offset (default {d.max_len_ratio}*)",
     )
     p.add_argument(
-        "--max-len-offset", type=_positive("--max-len-offset"), help=f"(default {d.max_len_offset})"
+        "--max-len-offset", type=_positive("--max-len-offset"), help=f"(default {d.max_len_offset}*)"
     )
     p.add_argument("--threads", type=_positive("--threads"), default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")

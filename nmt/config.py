@@ -419,3 +419,8 @@ def model_config_from_dict(doc: dict[str, Any], where: str) -> ModelConfig:
     """The model section as stored in a model file."""
     cfg = _build(ModelConfig, doc, where, "model.")
     return cfg
+
+
+def decode_config_from_dict(doc: dict[str, Any], where: str) -> DecodeConfig:
+    """The decode section as stored in a model file."""
+    return _build(DecodeConfig, doc, where, "decode.")

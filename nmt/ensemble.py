@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import load_model, save_model
+from nmt.checkpoint import load_model, save_model, saved_decode
 from nmt.errors import NMTError
 from nmt.model import Seq2Seq
 from nmt.tokenizer import Tokenizer
@@ -80,9 +80,10 @@ def load_models(
 
 
 def average_models(paths: list[str | Path], output: str | Path) -> None:
-    """Write the element-wise mean of the weights of `paths` (same config and vocabulary) to `output`."""
+    """Write the element-wise mean of the weights of `paths` (same config and vocabulary) to `output`, with
+    the first's decoding settings."""
     model, tok = averaged(paths)
-    save_model(output, model, tok, {"averaged": [str(p) for p in paths]})
+    save_model(output, model, tok, {"averaged": [str(p) for p in paths]}, saved_decode(paths[0]))
 
 
 def averaged(paths: list[str | Path], device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizer]:

@@ -330,7 +330,7 @@ class Trainer:
         improved = scores["valid_bleu"] > p.best_bleu
         if improved:
             p.best_bleu, p.bad_validations, p.plateau_validations = scores["valid_bleu"], 0, 0
-            save_model(self.run_dir / BEST, self.model, self.prepared.tok, {"step": p.step, **scores})
+            self.save(BEST, {"step": p.step, **scores})
         else:
             p.bad_validations += 1
             p.plateau_validations += 1
@@ -365,12 +365,14 @@ class Trainer:
         )
         return t.patience > 0 and p.bad_validations >= t.patience
 
+    def save(self, name: str, info: dict[str, Any]) -> None:
+        """The model as it is, as the run dir's model file `name`, with the config's decoding settings."""
+        save_model(self.run_dir / name, self.model, self.prepared.tok, info, self.cfg.decode)
+
     def keep_snapshot(self, scores: dict[str, Any]) -> None:
         """This validation's model as step-N.safetensors; only the last `keep_last` are kept."""
         step = self.progress.step
-        save_model(
-            self.run_dir / f"step-{step}.safetensors", self.model, self.prepared.tok, {"step": step, **scores}
-        )
+        self.save(f"step-{step}.safetensors", {"step": step, **scores})
         for old in self.snapshots()[: -max(self.t.keep_last, self.t.average_last)]:
             old.unlink()
 
@@ -396,7 +398,7 @@ class Trainer:
         if improved:
             p.best_bleu = scores["valid_bleu"]
             info = {"step": p.step, "averaged_steps": steps, **scores}
-            save_model(self.run_dir / BEST, self.model, self.prepared.tok, info)
+            self.save(BEST, info)
         minutes = round(self.elapsed() / 60, 2)
         record = {"type": "average", "step": p.step, "steps": steps, "minutes": minutes, **scores}
         self.metrics.write(record | {"best": improved})

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from nmt.batch import length_batches, make_batch, source_tensors
+from nmt.checkpoint import saved_decode
 from nmt.config import DecodeConfig
 from nmt.ensemble import Ensemble, load_models
 from nmt.errors import NMTError
@@ -95,14 +96,14 @@ class Translator:
     ) -> "Translator":
         """A model file, or several (an ensemble: they must share vocabularies), on `device` (auto: CUDA when
         there is one), decoding in `precision` with `threads` CPU threads (torch's setting for the
-        process)."""
+        process); `decode`: the defaults of `translate`'s options, None: those the (first) file carries."""
         from nmt.device import resolve_device
 
         if threads:
             torch.set_num_threads(threads)
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         model, tok = load_models(paths, resolve_device(device))
-        return cls(model, tok, precision, decode)
+        return cls(model, tok, precision, decode or saved_decode(paths[0]))
 
     @property
     def members(self) -> list[Seq2Seq]:

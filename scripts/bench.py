@@ -262,7 +262,7 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
     ends = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
-    default = load_run_config(run_dirs[0] / CONFIG).decode.length_penalty
+    default = load_config(config_path(task.group)).decode.length_penalty  # decoding: the config as it is now
     alpha, valid_bleu, p_value = choose_length_penalty(models, task, out, default)
     rows = []
     for prefix in task.tests:

@@ -7,7 +7,9 @@ import torch
 from safetensors import safe_open
 
 from nmt.batch import make_batch
-from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from nmt.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model, saved_decode
+from nmt.config import DecodeConfig
+from nmt.ensemble import average_models
 from nmt.errors import NMTError
 from nmt.tokenizer import Tokenizer, train_spm
 
@@ -33,6 +35,30 @@ def test_model_file_rebuilds_model_and_tokenizer(tmp_path, tok):
     batch = make_batch([[4, 5, 6]], [[7, 8]])
     torch.testing.assert_close(loaded.logits(batch), model.logits(batch))
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_model_file_carries_its_decoding_settings(tmp_path, tok):
+    from safetensors.torch import save_file
+
+    from nmt.translate import Translator
+
+    model = tiny_model(src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size).eval()
+    chosen, path = DecodeConfig(beam=3, length_penalty=2.0, max_len_offset=4), tmp_path / "m.safetensors"
+    save_model(path, model, tok, decode=chosen)
+    assert saved_decode(path) == chosen and Translator.load(path).defaults == chosen
+    assert Translator.load(path, decode=DecodeConfig()).defaults == DecodeConfig()  # given ones win
+    average_models([path, path], tmp_path / "avg.safetensors")
+    assert saved_decode(tmp_path / "avg.safetensors") == chosen
+    # A file from before the settings were saved gets DecodeConfig's; a corrupted one a one-line error.
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    del metadata["decode_config"]
+    save_file(tensors, tmp_path / "old.safetensors", metadata)
+    assert saved_decode(tmp_path / "old.safetensors") == DecodeConfig()
+    load_model(tmp_path / "old.safetensors")
+    save_file(tensors, tmp_path / "bad.safetensors", metadata | {"decode_config": '{"beam": "five"}'})
+    with pytest.raises(NMTError, match=r"bad.safetensors: decode.beam: expected int, got str 'five'"):
+        Translator.load(tmp_path / "bad.safetensors")
 
 
 def test_shared_embeddings_stay_one_matrix_through_training_and_the_model_file(tmp_path, tok):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from nmt.checkpoint import load_model
+from nmt.checkpoint import load_model, saved_decode
 from nmt.config import TrainConfig, config_from_dict
 from nmt.ensemble import averaged
 from nmt.errors import NMTError
@@ -73,6 +73,7 @@ def toy_config(tmp_path, **sections):
             "log_every": 5,
             "time_budget_min": 5,
         },
+        "decode": {},
     }
     for section, values in sections.items():
         doc[section].update(values)
@@ -102,7 +103,8 @@ def test_early_stopping_after_patience_and_keep_last(tmp_path):
 
 
 def test_average_of_the_last_validations(tmp_path):
-    cfg = toy_config(tmp_path, train={"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3})
+    train_cfg = {"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3}
+    cfg = toy_config(tmp_path, train=train_cfg, decode={"length_penalty": 1.5})
     train(cfg)
     run, logged = tmp_path / "run", records(tmp_path)
     valid = [r for r in logged if r["type"] == "valid"]
@@ -119,13 +121,17 @@ def test_average_of_the_last_validations(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), mean.state_dict().values()))
     else:
         assert average["valid_bleu"] <= done["best_valid_bleu"] and "averaged_steps" not in info
+    # Every model file of the run carries the config's decoding settings, the defaults of translating with it.
+    assert all(saved_decode(path) == cfg.decode for path in run.glob("*.safetensors"))
+    assert cfg.decode.length_penalty == 1.5
 
 
 def test_a_fresh_run_starts_clean_or_not_at_all(tmp_path):
     """A fresh run into a directory that holds a run is refused and the run is left as it was; with
     `overwrite` that run's files go first, so the metrics, the snapshots averaged and the model are the new
     run's alone (a shorter run would otherwise average the old run's later snapshots). Other files stay."""
-    cfg = toy_config(tmp_path, train={"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3})
+    train_cfg = {"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3}
+    cfg = toy_config(tmp_path, train=train_cfg, decode={"length_penalty": 1.5})
     train(cfg)
     run = tmp_path / "run"
     (run / "notes.txt").write_text("mine")
