@@ -34,12 +34,12 @@ def test_translator_is_what_the_commands_run(trained):
         "red dog",
     ]
     translator = Translator.load(trained["model"], device="cpu")
-    assert translator.defaults == DecodeConfig()  # the one source of the defaults
-    for beam in (1, 5):
-        (trained["work"] / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        result = nmt(
-            "translate", "-m", str(trained["model"]), "-i", "in.txt", "--beam", str(beam), cwd=trained["work"]
-        )
+    # The defaults are the model file's: the decode section of the config it was trained with (beam 3).
+    assert translator.defaults == DecodeConfig(beam=3)
+    (trained["work"] / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for beam in (1, 5, None):  # None: no --beam, the model's
+        flags = [] if beam is None else ["--beam", str(beam)]
+        result = nmt("translate", "-m", str(trained["model"]), "-i", "in.txt", *flags, cwd=trained["work"])
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == translator.translate(lines, beam=beam)
     assert translator.translate(lines)[-2] == ""  # an empty line gives an empty line
