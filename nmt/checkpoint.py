@@ -2,9 +2,9 @@
 
 Model file: safetensors; the weights as tensors, the model config (JSON), the SentencePiece model(s) (base64)
 and the decoding settings of the config it was trained with (JSON, the defaults of translating with it) in its
-metadata, so translation needs nothing else. Training checkpoint: `torch.save` of tensors
-and plain values, read back with `weights_only=True`. Both are written to a temporary file and renamed into
-place, so a crash never leaves a half-written file where a good one was.
+metadata, so translation needs nothing else. Training checkpoint: `torch.save` of tensors and plain values,
+read back with `weights_only=True`. Both are written to a temporary file and renamed into place, so a crash
+never leaves a half-written file where a good one was.
 """
 
 from __future__ import annotations

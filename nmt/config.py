@@ -422,5 +422,7 @@ def model_config_from_dict(doc: dict[str, Any], where: str) -> ModelConfig:
 
 
 def decode_config_from_dict(doc: dict[str, Any], where: str) -> DecodeConfig:
-    """The decode section as stored in a model file."""
-    return _build(DecodeConfig, doc, where, "decode.")
+    """The decode section as stored in a model file, its values checked as a config's are."""
+    cfg = _build(DecodeConfig, doc, where, "decode.")
+    _validate(Config(decode=cfg), where)
+    return cfg

@@ -59,6 +59,9 @@ def test_model_file_carries_its_decoding_settings(tmp_path, tok):
     save_file(tensors, tmp_path / "bad.safetensors", metadata | {"decode_config": '{"beam": "five"}'})
     with pytest.raises(NMTError, match=r"bad.safetensors: decode.beam: expected int, got str 'five'"):
         Translator.load(tmp_path / "bad.safetensors")
+    save_file(tensors, tmp_path / "bad.safetensors", metadata | {"decode_config": '{"beam": 0}'})
+    with pytest.raises(NMTError, match=r"bad.safetensors: decode.beam must be positive"):
+        saved_decode(tmp_path / "bad.safetensors")
 
 
 def test_shared_embeddings_stay_one_matrix_through_training_and_the_model_file(tmp_path, tok):
