@@ -121,17 +121,17 @@ def test_average_of_the_last_validations(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), mean.state_dict().values()))
     else:
         assert average["valid_bleu"] <= done["best_valid_bleu"] and "averaged_steps" not in info
-    # Every model file of the run carries the config's decoding settings, the defaults of translating with it.
-    assert all(saved_decode(path) == cfg.decode for path in run.glob("*.safetensors"))
+    # Every model file of the run carries the config's decoding settings (not the defaults: length penalty
+    # 1.5), the defaults of translating with it.
     assert cfg.decode.length_penalty == 1.5
+    assert all(saved_decode(path) == cfg.decode for path in run.glob("*.safetensors"))
 
 
 def test_a_fresh_run_starts_clean_or_not_at_all(tmp_path):
     """A fresh run into a directory that holds a run is refused and the run is left as it was; with
     `overwrite` that run's files go first, so the metrics, the snapshots averaged and the model are the new
     run's alone (a shorter run would otherwise average the old run's later snapshots). Other files stay."""
-    train_cfg = {"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3}
-    cfg = toy_config(tmp_path, train=train_cfg, decode={"length_penalty": 1.5})
+    cfg = toy_config(tmp_path, train={"lr": 3e-3, "valid_every": 3, "max_steps": 12, "average_last": 3})
     train(cfg)
     run = tmp_path / "run"
     (run / "notes.txt").write_text("mine")
