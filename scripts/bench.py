@@ -122,6 +122,7 @@ class Task:
     tgt: str
     valid: str
     tests: list[str]
+    length_penalty: float  # the config's decode section as it is now (a reused run keeps its training only)
     tgt_lang: str | None = None  # --tgt-lang, for a multilingual model
 
     def files(self, prefix: str) -> tuple[Path, Path]:
@@ -130,7 +131,7 @@ class Task:
 
 def bilingual_task(cfg, name: str) -> Task:
     d = cfg.data
-    return Task(name, name, d.src_lang, d.tgt_lang, d.valid, list(d.test))
+    return Task(name, name, d.src_lang, d.tgt_lang, d.valid, list(d.test), cfg.decode.length_penalty)
 
 
 def multilingual_tasks(cfg) -> list[Task]:
@@ -141,7 +142,7 @@ def multilingual_tasks(cfg) -> list[Task]:
         tests = [t for t in d.test if direction not in ZERO_SHOT or Path(t).name == ZERO_SHOT[direction]]
         tests = [t for t in tests if has_side(str(ROOT / t), src) and has_side(str(ROOT / t), tgt)]
         label = f"{MULTILINGUAL} {direction}" + (" (zero-shot)" if direction in ZERO_SHOT else "")
-        tasks.append(Task(label, MULTILINGUAL, src, tgt, d.valid, tests, tgt))
+        tasks.append(Task(label, MULTILINGUAL, src, tgt, d.valid, tests, cfg.decode.length_penalty, tgt))
     return tasks
 
 
@@ -262,8 +263,7 @@ def bench_models(task: Task, label: str, run_dirs: list[Path], out: Path) -> lis
     """The rows of one model (one run dir) or ensemble (several) on the task's test sets."""
     models = [run_dir / BEST for run_dir in run_dirs]
     ends = [next(r for r in records(run_dir) if r["type"] == "done") for run_dir in run_dirs]
-    default = load_config(config_path(task.group)).decode.length_penalty  # decoding: the config as it is now
-    alpha, valid_bleu, p_value = choose_length_penalty(models, task, out, default)
+    alpha, valid_bleu, p_value = choose_length_penalty(models, task, out, task.length_penalty)
     rows = []
     for prefix in task.tests:
         src, ref = task.files(prefix)
