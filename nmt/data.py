@@ -9,7 +9,9 @@ made of the corpus content and the tokenizer, and memory-mapped from there, so a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -330,18 +332,76 @@ def collate(ds: datasets.Dataset, indices: np.ndarray) -> Batch:
     return make_batch(rows["src_ids"], rows["tgt_ids"])
 
 
-def collate_sampled(
-    ds: datasets.Dataset, indices: np.ndarray, tok: Tokenizer, cfg: DataConfig, in_layer: np.ndarray | None
-) -> Batch:
-    """A batch segmented anew by sampling (`cfg.sampling_alpha`, `cfg.sampling_sides`) from the text columns
-    (`encode(keep_text=True)`). A sampled target with a piece outside the output layer (`in_layer`: a bool per
-    target piece id; None: every piece is in it) keeps its cached best segmentation. A multilingual source
-    keeps its language tag, the first of its cached ids."""
-    rows = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])[indices.tolist()]
-    src, tgt = tok.sample("src", rows["src"], cfg.sampling_alpha), rows["tgt_ids"]
-    if cfg.directions:
-        src = [ids[:1] + s for ids, s in zip(rows["src_ids"], src)]
-    if cfg.sampling_sides == "both":
-        sampled = tok.sample("tgt", rows["tgt"], cfg.sampling_alpha)
-        tgt = [s if in_layer is None or in_layer[s].all() else t for s, t in zip(sampled, tgt)]
-    return make_batch(src, tgt)
+@dataclass
+class CachedPairs:
+    """An epoch's training pairs as the encoded corpus holds them: all of `ds`, or the rows `rows` (a
+    multilingual epoch's draw, repeats possible), addressed by position."""
+
+    ds: datasets.Dataset
+    rows: np.ndarray | None
+    src_lens: np.ndarray  # (pairs,)
+    tgt_lens: np.ndarray  # (pairs,)
+
+    def batch(self, positions: np.ndarray) -> Batch:
+        return collate(self.ds, positions if self.rows is None else self.rows[positions])
+
+
+@dataclass
+class SampledPairs:
+    """An epoch's training pairs segmented by subword sampling: each side's ids end to end in one array, with
+    offsets (a few bytes a piece, not a Python list per sentence), addressed by position."""
+
+    src: np.ndarray  # (source pieces,) int32
+    src_at: np.ndarray  # (pairs + 1,) where each pair's source starts in `src`
+    tgt: np.ndarray  # (target pieces,) int32
+    tgt_at: np.ndarray  # (pairs + 1,)
+    src_lens: np.ndarray = field(init=False)  # (pairs,)
+    tgt_lens: np.ndarray = field(init=False)  # (pairs,)
+
+    def __post_init__(self) -> None:
+        self.src_lens, self.tgt_lens = np.diff(self.src_at), np.diff(self.tgt_at)
+
+    def batch(self, positions: np.ndarray) -> Batch:
+        s, t = self.src, self.tgt
+        src = [s[self.src_at[i] : self.src_at[i + 1]].tolist() for i in positions]
+        return make_batch(src, [t[self.tgt_at[i] : self.tgt_at[i + 1]].tolist() for i in positions])
+
+
+Pairs = CachedPairs | SampledPairs  # an epoch's training pairs: `src_lens`, `tgt_lens`, `batch(positions)`
+
+
+def sample_pairs(
+    ds: datasets.Dataset,
+    rows: np.ndarray,
+    tok: Tokenizer,
+    cfg: DataConfig,
+    in_layer: np.ndarray | None,
+    chunk: int = 10_000,
+) -> SampledPairs:
+    """The pairs `rows` of `ds` segmented anew by sampling (`cfg.sampling_alpha`, `cfg.sampling_sides`) from
+    the text columns (`encode(keep_text=True)`), drawn from SentencePiece's generator (seeded by the caller).
+    A sampled target with a piece outside the output layer (`in_layer`: a bool per target piece id; None:
+    every piece is in it) keeps its cached best segmentation. A multilingual source keeps its language tag,
+    the first of its cached ids. Segmenting a whole epoch before batching lets the batches be formed from the
+    sampled lengths, so they hold `batch_tokens` with no more padding than cached ones."""
+    sides: tuple[list, list] = ([], [])
+    for start in range(0, len(rows), chunk):
+        part = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])[rows[start : start + chunk].tolist()]
+        src, tgt = tok.sample("src", part["src"], cfg.sampling_alpha), part["tgt_ids"]
+        if cfg.directions:
+            src = [ids[:1] + s for ids, s in zip(part["src_ids"], src)]
+        if cfg.sampling_sides == "both":
+            sampled = tok.sample("tgt", part["tgt"], cfg.sampling_alpha)
+            tgt = [s if in_layer is None or in_layer[s].all() else t for s, t in zip(sampled, tgt)]
+        for side, seqs in zip(sides, (src, tgt)):
+            lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+            side.append((np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(lens.sum())), lens))
+    (src_ids, src_at), (tgt_ids, tgt_at) = (_joined(side) for side in sides)
+    return SampledPairs(src_ids, src_at, tgt_ids, tgt_at)
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks of (ids end to end, lengths) → (all ids end to end, offsets with a leading 0)."""
+    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+    lens = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    return ids, np.concatenate([[0], np.cumsum(lens)])

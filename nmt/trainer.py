@@ -410,12 +410,12 @@ class Trainer:
             " (best)" if improved else "",
         )
 
-    def take_step(self, step_batches: list, tgt_lens) -> None:
-        """One optimizer step over the step's batches (every rank knows them all: it takes every
+    def take_step(self, step_batches: list, pairs: data.Pairs) -> None:
+        """One optimizer step over the step's batches of `pairs` (every rank knows them all: it takes every
         world-size-th, and counts all tokens)."""
         world, p = self.world, self.progress
-        n_tokens = sum(int(tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
-        mine = [self.batch(b) for b in step_batches[world.rank :: world.size]]
+        n_tokens = sum(int(pairs.tgt_lens[b].sum()) + len(b) for b in step_batches)  # targets + EOS
+        mine = [pairs.batch(b).to(self.model.device) for b in step_batches[world.rank :: world.size]]
         lr = learning_rate(p.step + 1, self.t, p.lr_scale, budget_used(self.t, p.step, self.elapsed()))
         self.window.loss += train_step(
             self.stepped, self.optimizer, mine, lr, self.t, n_tokens, self.precision, world.size
@@ -427,17 +427,6 @@ class Trainer:
         p.position += 1
         if p.step % self.t.log_every == 0:
             self.log_window(lr)
-
-    def batch(self, indices) -> Batch:
-        """The training batch of these pairs, on the model's device: from the cached ids, or with subword
-        sampling segmented anew, by a generator seeded with the run's seed, the step and the rank (so a
-        resumed run samples as an uninterrupted one)."""
-        ds, cfg = self.prepared.train_ds, self.prepared.data_cfg
-        if not cfg.sampling_alpha:
-            return data.collate(ds, indices).to(self.model.device)
-        spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.step * 1_009 + self.world.rank)
-        batch = data.collate_sampled(ds, indices, self.prepared.tok, cfg, self.in_layer)
-        return batch.to(self.model.device)
 
     def log_window(self, lr: float) -> None:
         p, w = self.progress, self.window
@@ -468,7 +457,7 @@ class Trainer:
         """Epochs of steps until the budget, patience or Ctrl-C ends training; the last step is validated."""
         t = self.t
         group = self.world.size * t.accumulate  # batches per step, over all processes
-        src_lens, tgt_lens = data.columns(self.prepared.train_ds)
+        lens = data.columns(self.prepared.train_ds)  # (src_lens, tgt_lens), read once
         self.model.train()
         stop, validated_at = self.should_stop(), -1
         self.bar = tqdm(
@@ -481,11 +470,12 @@ class Trainer:
         with interrupt_flag() as interrupted:
             while not stop:
                 generator = torch.Generator().manual_seed(t.seed * 100_003 + self.progress.epoch)
-                batches = self.epoch_batches(src_lens, tgt_lens, generator)
+                pairs = self.epoch_pairs(lens, generator)
+                batches = data.token_batches(pairs.src_lens, pairs.tgt_lens, t.batch_tokens, generator)
                 steps = len(batches) // group  # an epoch's last batches that fill no whole step are left out
                 while self.progress.position < steps and not stop:
                     at = self.progress.position * group
-                    self.take_step(batches[at : at + group], tgt_lens)
+                    self.take_step(batches[at : at + group], pairs)
                     self.bar.update(1)
                     if self.world.any(interrupted()):  # every rank stops at the same step
                         self.interrupt()
@@ -507,17 +497,20 @@ class Trainer:
                 self.run_validation()
         self.bar.close()
 
-    def epoch_batches(
-        self, src_lens: np.ndarray, tgt_lens: np.ndarray, generator: torch.Generator
-    ) -> list[np.ndarray]:
-        """An epoch's batches of training rows: every row, or a multilingual run's rows drawn by direction
-        (`data.temperature`)."""
-        directions, batch_tokens = self.prepared.row_directions, self.t.batch_tokens
-        temperature = self.cfg.data.temperature
+    def epoch_pairs(self, lens: tuple[np.ndarray, np.ndarray], generator: torch.Generator) -> data.Pairs:
+        """An epoch's training pairs: every row, or a multilingual run's rows drawn by direction
+        (`data.temperature`); with subword sampling, segmented anew from SentencePiece's generator seeded with
+        the run's seed and the epoch (the same on every rank, and for a resumed run as for an uninterrupted
+        one)."""
+        ds, cfg = self.prepared.train_ds, self.prepared.data_cfg
+        directions, temperature = self.prepared.row_directions, self.cfg.data.temperature
         rows = None if directions is None else data.epoch_rows(directions, temperature, generator)
-        if rows is None:
-            return data.token_batches(src_lens, tgt_lens, batch_tokens, generator)
-        return [rows[b] for b in data.token_batches(src_lens[rows], tgt_lens[rows], batch_tokens, generator)]
+        if cfg.sampling_alpha:
+            spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.epoch * 1_009)
+            rows = np.arange(len(ds)) if rows is None else rows
+            return data.sample_pairs(ds, rows, self.prepared.tok, cfg, self.in_layer)
+        src_lens, tgt_lens = lens if rows is None else (lens[0][rows], lens[1][rows])
+        return data.CachedPairs(ds, rows, src_lens, tgt_lens)
 
     def interrupt(self) -> None:
         self.bar.close()

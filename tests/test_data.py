@@ -159,9 +159,9 @@ def test_token_batches_cover_every_sentence_within_budget():
     assert [len(b) for b in data.token_batches(np.array([500]), np.array([3]), 100, None)] == [1]
 
 
-def test_sampled_batches_keep_the_text_and_the_output_layer(tmp_path, tokenizer):
-    """Subword sampling: new segmentations of the same text, reproducible from the seed; a sampled target with
-    a piece outside the output layer keeps its best segmentation."""
+def test_sampled_pairs_keep_the_text_and_the_output_layer(tmp_path, tokenizer):
+    """Subword sampling: new segmentations of the same text (segmented in chunks), reproducible from the seed;
+    a sampled target with a piece outside the output layer keeps its best segmentation."""
     import sentencepiece as spm
 
     prefix = toy_corpus(tmp_path / "toy", "train", 60, seed=5)
@@ -173,7 +173,7 @@ def test_sampled_batches_keep_the_text_and_the_output_layer(tmp_path, tokenizer)
 
     def sampled(in_layer):
         spm.set_random_generator_seed(7)
-        return data.collate_sampled(ds, indices, tokenizer, cfg, in_layer)
+        return data.sample_pairs(ds, indices, tokenizer, cfg, in_layer, chunk=25).batch(indices)
 
     every = sampled(None)
     assert torch.equal(every.src, sampled(None).src)  # the same seed, the same segmentation
@@ -197,7 +197,28 @@ def test_sampled_batches_keep_the_text_and_the_output_layer(tmp_path, tokenizer)
     rows = [[i for i in r if i != data.PAD][:-1] for r in narrow.tgt_out.tolist()]
     assert rows[k] == ds[k]["tgt_ids"] and all(in_layer[r].all() for r in rows)
     assert any(r == e != t for r, e, t in zip(rows, every_rows, ds["tgt_ids"]))  # sampled ones stay sampled
-    sources = data.collate_sampled(
+    sources = data.sample_pairs(
         ds, indices, tokenizer, DataConfig(sampling_alpha=0.1, sampling_sides="src"), None
-    )
+    ).batch(indices)
     assert torch.equal(sources.tgt_out, best.tgt_out) and not torch.equal(sources.src, best.src)
+
+
+def test_sampled_batches_hold_their_token_budget(tmp_path, tokenizer):
+    """An epoch is segmented before it is batched: batches formed from the sampled lengths hold at most
+    `batch_tokens` padded tokens each (a single longer pair alone), as batches of the cached ids do."""
+    import sentencepiece as spm
+
+    prefix = toy_corpus(tmp_path / "toy", "train", 80, seed=6)
+    text = data.load_parallel_files(prefix, "en", "de", str(tmp_path / "cache"))
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"), sampling_alpha=0.1)
+    ds = data.encode(cfg, text, tokenizer, clean=True, name="train", keep_text=True)
+    spm.set_random_generator_seed(3)
+    pairs = data.sample_pairs(ds, np.arange(len(ds)), tokenizer, cfg, None, chunk=30)
+    cached_src, cached_tgt = data.columns(ds)
+    assert pairs.src_lens.sum() > cached_src.sum() and pairs.tgt_lens.sum() > cached_tgt.sum()
+    batches = data.token_batches(pairs.src_lens, pairs.tgt_lens, 60, torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(ds)))
+    for b in batches:
+        batch = pairs.batch(b)  # sources and targets with EOS: each pair's longest side + 1, as counted
+        assert batch.src_lens.tolist() == (pairs.src_lens[b] + 1).tolist()
+        assert len(b) == 1 or len(b) * max(batch.src.shape[1], batch.tgt_out.shape[1]) <= 60
