@@ -385,8 +385,9 @@ def sample_pairs(
     the first of its cached ids. Segmenting a whole epoch before batching lets the batches be formed from the
     sampled lengths, so they hold `batch_tokens` with no more padding than cached ones."""
     sides: tuple[list, list] = ([], [])
+    text_and_ids = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])
     for start in range(0, len(rows), chunk):
-        part = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])[rows[start : start + chunk].tolist()]
+        part = text_and_ids[rows[start : start + chunk].tolist()]
         src, tgt = tok.sample("src", part["src"], cfg.sampling_alpha), part["tgt_ids"]
         if cfg.directions:
             src = [ids[:1] + s for ids, s in zip(part["src_ids"], src)]
