@@ -136,7 +136,8 @@ class Tokenizer:
     def sample(self, side: str, lines: list[str], alpha: float) -> list[list[int]]:
         """`side` (src or tgt) segmented by sampling (unigram: smoothing `alpha`, over all segmentations;
         bpe: dropout `alpha`), from SentencePiece's generator (`spm.set_random_generator_seed`). One thread:
-        with several, which sentence draws from which thread's generator varies, and so would the result."""
+        with several, which sentence draws from which thread's generator varies, and so would the result.
+        The same seed gives the same segmentation within a process, not in another (SentencePiece 0.2.x)."""
         model = self.src if side == "src" else self.tgt
         return model.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
 

@@ -499,16 +499,19 @@ class Trainer:
 
     def epoch_pairs(self, lens: tuple[np.ndarray, np.ndarray], generator: torch.Generator) -> data.Pairs:
         """An epoch's training pairs: every row, or a multilingual run's rows drawn by direction
-        (`data.temperature`); with subword sampling, segmented anew from SentencePiece's generator seeded with
-        the run's seed and the epoch (the same on every rank, and for a resumed run as for an uninterrupted
-        one)."""
+        (`data.temperature`); with subword sampling, segmented anew by rank 0 and sent to the others, for
+        SentencePiece's sampling is not reproducible from its seed in another process (the seed, the run's
+        and the epoch's, makes it so within one): without that, each rank formed different batches."""
         ds, cfg = self.prepared.train_ds, self.prepared.data_cfg
         directions, temperature = self.prepared.row_directions, self.cfg.data.temperature
         rows = None if directions is None else data.epoch_rows(directions, temperature, generator)
         if cfg.sampling_alpha:
-            spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.epoch * 1_009)
-            rows = np.arange(len(ds)) if rows is None else rows
-            return data.sample_pairs(ds, rows, self.prepared.tok, cfg, self.in_layer)
+            pairs = None
+            if self.world.main:
+                spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.epoch * 1_009)
+                rows = np.arange(len(ds)) if rows is None else rows
+                pairs = data.sample_pairs(ds, rows, self.prepared.tok, cfg, self.in_layer)
+            return self.world.broadcast(pairs)
         src_lens, tgt_lens = lens if rows is None else (lens[0][rows], lens[1][rows])
         return data.CachedPairs(ds, rows, src_lens, tgt_lens)
 

@@ -160,8 +160,8 @@ def test_token_batches_cover_every_sentence_within_budget():
 
 
 def test_sampled_pairs_keep_the_text_and_the_output_layer(tmp_path, tokenizer):
-    """Subword sampling: new segmentations of the same text (segmented in chunks), reproducible from the seed;
-    a sampled target with a piece outside the output layer keeps its best segmentation."""
+    """Subword sampling: new segmentations of the same text (segmented in chunks), reproducible from the seed
+    within a process; a sampled target with a piece outside the output layer keeps its best segmentation."""
     import sentencepiece as spm
 
     prefix = toy_corpus(tmp_path / "toy", "train", 60, seed=5)
