@@ -54,11 +54,11 @@ class DataConfig:
     spm_sentences: int = (
         200_000  # SentencePiece learns from a sample of this many (bounded memory on large corpora)
     )
-    # Subword regularisation: each epoch's training pairs are segmented anew by SentencePiece sampling
-    # (unigram: alpha is the smoothing, a smaller one samples more widely; bpe: BPE-dropout's probability);
-    # 0: the one best segmentation, as cached. `sampling_sides`: the source only, or both (a sampled target
+    # Subword regularisation: each epoch's training pairs are segmented anew by sampling, from the run's seed
+    # (unigram: alpha is the smoothing, a smaller one samples more widely; bpe: BPE-dropout's probability,
+    # SentencePiece's own, which repeats within a process only); 0: the one best segmentation, as cached. `sampling_sides`: the source only, or both (a sampled target
     # with a piece outside the output layer keeps its best segmentation).
-    sampling_alpha: float = 0.0
+    sampling_alpha: float = 0.5
     sampling_sides: Literal["src", "both"] = "both"
     # One model for several directions: `src-tgt` pairs (en-de, de-en, en-fr, ...). The splits above are then
     # shared: each direction reads its two languages' files (or the dataset's `translation` column), every

@@ -9,7 +9,6 @@ made of the corpus content and the tokenizer, and memory-mapped from there, so a
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +316,14 @@ def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return table.column("src_len").to_numpy(), table.column("tgt_len").to_numpy()
 
 
+def id_column(ds: datasets.Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """An ids column as (every row's ids end to end, int32; (rows + 1,) where each row's start), read as
+    Arrow."""
+    ids = ds.select_columns([column]).with_format("arrow")[:].column(column).combine_chunks()
+    offsets = ids.offsets.to_numpy()
+    return ids.flatten().to_numpy().astype(np.int32), (offsets - offsets[0]).astype(np.int64)
+
+
 def target_pieces(ds: datasets.Dataset) -> torch.Tensor:
     """(V_out,) the sorted ids of the pieces in the `tgt_ids` column, with PAD, UNK, BOS and EOS (the lowest
     ids) whether they occur or not: the rows of an output layer over the pieces the training targets have."""
@@ -368,41 +375,3 @@ class SampledPairs:
 
 
 Pairs = CachedPairs | SampledPairs  # an epoch's training pairs: `src_lens`, `tgt_lens`, `batch(positions)`
-
-
-def sample_pairs(
-    ds: datasets.Dataset,
-    rows: np.ndarray,
-    tok: Tokenizer,
-    cfg: DataConfig,
-    in_layer: np.ndarray | None,
-    chunk: int = 10_000,
-) -> SampledPairs:
-    """The pairs `rows` of `ds` segmented anew by sampling (`cfg.sampling_alpha`, `cfg.sampling_sides`) from
-    the text columns (`encode(keep_text=True)`), drawn from SentencePiece's generator (seeded by the caller).
-    A sampled target with a piece outside the output layer (`in_layer`: a bool per target piece id; None:
-    every piece is in it) keeps its cached best segmentation. A multilingual source keeps its language tag,
-    the first of its cached ids. Segmenting a whole epoch before batching lets the batches be formed from the
-    sampled lengths, so they hold `batch_tokens` with no more padding than cached ones."""
-    sides: tuple[list, list] = ([], [])
-    text_and_ids = ds.select_columns(["src", "tgt", "src_ids", "tgt_ids"])
-    for start in range(0, len(rows), chunk):
-        part = text_and_ids[rows[start : start + chunk].tolist()]
-        src, tgt = tok.sample("src", part["src"], cfg.sampling_alpha), part["tgt_ids"]
-        if cfg.directions:
-            src = [ids[:1] + s for ids, s in zip(part["src_ids"], src)]
-        if cfg.sampling_sides == "both":
-            sampled = tok.sample("tgt", part["tgt"], cfg.sampling_alpha)
-            tgt = [s if in_layer is None or in_layer[s].all() else t for s, t in zip(sampled, tgt)]
-        for side, seqs in zip(sides, (src, tgt)):
-            lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-            side.append((np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(lens.sum())), lens))
-    (src_ids, src_at), (tgt_ids, tgt_at) = (_joined(side) for side in sides)
-    return SampledPairs(src_ids, src_at, tgt_ids, tgt_at)
-
-
-def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Chunks of (ids end to end, lengths) → (all ids end to end, offsets with a leading 0)."""
-    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
-    lens = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    return ids, np.concatenate([[0], np.cumsum(lens)])

@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator
 
 import datasets
 import numpy as np
-import sentencepiece as spm
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -36,6 +35,7 @@ from nmt.metrics import bleu, chrf
 from nmt.model import Seq2Seq
 from nmt.plot import plot_runs
 from nmt.rundir import BEST, CHECKPOINT, CURVES, SNAPSHOTS, MetricsLog
+from nmt.sampling import PairSampler
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator
 from nmt.vocab import OutputVocab
@@ -217,6 +217,7 @@ class Trainer:
         self.ema = moving_average(self.model, self.t.ema_decay)  # None: off
         self.progress = Progress()
         self.in_layer = prepared.vocab.in_layer()  # for subword sampling
+        self.sampler: PairSampler | None = None  # built at the first sampled epoch
         state = load_checkpoint(run_dir / CHECKPOINT) if resume else {}
         if resume:
             self.restore(state)
@@ -499,18 +500,19 @@ class Trainer:
 
     def epoch_pairs(self, lens: tuple[np.ndarray, np.ndarray], generator: torch.Generator) -> data.Pairs:
         """An epoch's training pairs: every row, or a multilingual run's rows drawn by direction
-        (`data.temperature`); with subword sampling, segmented anew by rank 0 and sent to the others, for
-        SentencePiece's sampling is not reproducible from its seed in another process (the seed, the run's
-        and the epoch's, makes it so within one): without that, each rank formed different batches."""
+        (`data.temperature`); with subword sampling, segmented anew from the run's seed and the epoch. Rank 0
+        samples and sends the pairs to the others (a bpe model's sampling, SentencePiece's own, is not the
+        same in another process), so every rank forms the same batches."""
         ds, cfg = self.prepared.train_ds, self.prepared.data_cfg
         directions, temperature = self.prepared.row_directions, self.cfg.data.temperature
         rows = None if directions is None else data.epoch_rows(directions, temperature, generator)
         if cfg.sampling_alpha:
             pairs = None
             if self.world.main:
-                spm.set_random_generator_seed(self.t.seed * 1_000_003 + self.progress.epoch * 1_009)
+                if self.sampler is None:
+                    self.sampler = PairSampler(ds, self.prepared.tok, cfg, self.in_layer)
                 rows = np.arange(len(ds)) if rows is None else rows
-                pairs = data.sample_pairs(ds, rows, self.prepared.tok, cfg, self.in_layer)
+                pairs = self.sampler.epoch(rows, self.t.seed * 1_000_003 + self.progress.epoch * 1_009)
             return self.world.broadcast(pairs)
         src_lens, tgt_lens = lens if rows is None else (lens[0][rows], lens[1][rows])
         return data.CachedPairs(ds, rows, src_lens, tgt_lens)

@@ -34,6 +34,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             "test": [splits["test"]],
             "vocab_size": 60,
             "cache_dir": str(work / "cache"),
+            "sampling_alpha": 0.0,  # the cached pieces; the "sampled" runs below sample
         },
         "model": {
             "emb_size": 16,
@@ -76,7 +77,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    for name in ("ddp", "dropout", "resumed", "sampled"):  # the single run's SentencePiece model for each
+    runs = ("single", "ddp", "dropout", "resumed", "sampled", "sampled-resumed")
+    for name in runs[1:]:  # the single run's SentencePiece model for each
         (work / name).mkdir()
         (work / name / "spm.model").write_bytes((work / "single" / "spm.model").read_bytes())
     torchrun(work, env, "ddp")
@@ -86,10 +88,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     torchrun(work, env, "dropout", *masks)
     torchrun(work, env, "resumed", *masks, f"--train.max_steps={STEPS // 2}")
     torchrun(work, env, "resumed", *masks, "--resume")
-    # Subword sampling: rank 0 segments each epoch and sends it to the other (SentencePiece's sampling differs
-    # from process to process, seed or not), so both ranks form the same batches. Past an epoch's end.
-    torchrun(work, env, "sampled", "--data.sampling_alpha=0.5", f"--train.max_steps={2 * STEPS}")
-    return {name: work / name for name in ("single", "ddp", "dropout", "resumed", "sampled")}
+    # Subword sampling, past an epoch's end: straight through, and stopped in the first epoch then resumed in
+    # new processes, which draw the same segmentations from the run's seed.
+    sampling = ["--data.sampling_alpha=0.5", f"--train.max_steps={2 * STEPS}"]
+    torchrun(work, env, "sampled", *sampling)
+    torchrun(work, env, "sampled-resumed", *sampling[:1], f"--train.max_steps={STEPS}")
+    torchrun(work, env, "sampled-resumed", *sampling, "--resume")
+    return {name: work / name for name in runs}
 
 
 def torchrun(work: Path, env: dict, run: str, *flags: str) -> None:
@@ -140,8 +145,13 @@ def test_a_distributed_run_resumes_where_it_stopped(runs):
     assert [r["loss"] for r in whole] != [r["loss"] for r in plain]  # the masks did change the losses
 
 
-def test_subword_sampling_trains_under_torchrun(runs):
-    """Both ranks train on rank 0's segmentation of each epoch: every step taken, into a second epoch."""
+def test_subword_sampling_trains_and_resumes_under_torchrun(runs):
+    """Both ranks train on rank 0's segmentation of each epoch: every step taken, into a second epoch; and a
+    run resumed in new processes has the losses of the one that never stopped."""
     sampled, ddp = records(runs["sampled"], "train"), records(runs["ddp"], "train")
     assert [r["step"] for r in sampled] == list(range(1, 2 * STEPS + 1)) and sampled[-1]["epoch"] >= 1
     assert [r["loss"] for r in sampled[:STEPS]] != [r["loss"] for r in ddp]  # sampled, not the cached pieces
+    resumed = records(runs["sampled-resumed"], "train")
+    assert [r["step"] for r in resumed] == [r["step"] for r in sampled]
+    for a, b in zip(sampled, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
