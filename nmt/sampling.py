@@ -11,7 +11,7 @@ sampling a sentence's segmentation with smoothing `alpha` (P(seg) ∝ P_unigram(
 of its words' segmentations independently. Every word type's `NBEST` best segmentations are found once
 (`nbest_encode`, scored by the sum of their pieces' log probabilities), and each epoch draws one per word from
 them. On Multi30k at alpha 0.5 they hold 99.99% of the segmentations SentencePiece's own sampling over the
-whole lattice draws, and the sampled sentences have the same mean length.
+whole lattice draws, and the sampled sentences have its mean length to within 0.05%.
 """
 
 from __future__ import annotations
@@ -59,46 +59,28 @@ class WordSampler:
         in_layer: np.ndarray | None = None,
     ) -> WordSampler:
         """From a side's best segmentations (`ids` end to end, a sentence's starting at `at`). A word is a
-        piece that starts with ▁ (or a sentence) and the pieces up to the next; a word with a piece that is
-        not a normal one (unknown, a language tag) keeps its best segmentation, and so does a candidate with
-        a piece outside the output layer (`in_layer`: a bool per piece id; None: every piece is in it)."""
+        piece that starts with ▁, starts a sentence or is special (unknown, control, a language tag), and the
+        pieces up to the next: no piece spans a word boundary or an unknown character, so the words'
+        segmentations are independent. A word with a special piece keeps its best segmentation; a candidate
+        with a piece outside the output layer (`in_layer`: a bool per piece id; None: all in it) is dropped,
+        unless it is the best."""
         vocab = range(sp.get_piece_size())
         special = np.array([sp.is_unknown(i) or sp.is_control(i) or is_tag(sp.id_to_piece(i)) for i in vocab])
         opens = np.array([sp.id_to_piece(i).startswith("▁") for i in vocab]) | special
-        ids = ids.astype(np.int32)
-        starts = opens[ids]
-        starts[at[:-1][at[:-1] < len(ids)]] = True  # (an empty sentence has no word)
-        word_pos = np.flatnonzero(starts)
-        word_end = np.append(word_pos[1:], len(ids))
-        types: dict[bytes, int] = {}
-        keys = (ids[a:b].tobytes() for a, b in zip(word_pos, word_end))
-        words = np.fromiter((types.setdefault(k, len(types)) for k in keys), np.int64, len(word_pos))
-        best = [np.frombuffer(k, np.int32) for k in types]
+        words, word_pos, best = split_words(ids.astype(np.int32), at, opens)
         candidates = [[b] for b in best]
         free = [k for k, b in enumerate(best) if not special[b].any()]
-        nbest = sp.nbest_encode(
-            [sp.decode(best[k].tolist()) for k in free], nbest_size=NBEST, out_type="numpy"
-        )
-        for k, found in zip(free, nbest):
+        texts = [sp.decode(best[k].tolist()) for k in free]
+        for k, found in zip(free, sp.nbest_encode(texts, nbest_size=NBEST, out_type="numpy")):
             if np.array_equal(found[0], best[k]):  # else the word alone normalises otherwise: the best only
                 candidates[k] += [c for c in found[1:] if in_layer is None or in_layer[c].all()]
-        scores = np.array([sp.get_score(i) for i in vocab])
-        kept, cum, first = [], [], [0]
-        for t, cands in enumerate(candidates):
-            logp = alpha * np.array([scores[c].sum() for c in cands])
-            p = np.exp(logp - logp.max())
-            keep = p / p.sum() >= MIN_PROB
-            kept += [c for c, k in zip(cands, keep) if k]
-            c = np.cumsum(p[keep]) / p[keep].sum()
-            c[-1] = 1.0
-            cum.append(t + c)  # the type's index added: one sorted array over all types
-            first.append(first[-1] + len(c))
+        first, cum, kept = probabilities(candidates, np.array([sp.get_score(i) for i in vocab]), alpha)
         lens = np.fromiter(map(len, kept), np.int64, len(kept))
         return cls(
             words=words,
             word_at=np.searchsorted(word_pos, at),
-            first=np.array(first),
-            cum=np.concatenate(cum),
+            first=first,
+            cum=cum,
             piece_at=np.concatenate([[0], np.cumsum(lens)]),
             pieces=np.concatenate(kept),
         )
@@ -115,6 +97,38 @@ class WordSampler:
         sentence = np.repeat(np.arange(len(rows)), counts)
         per_row = np.bincount(sentence, weights=lens, minlength=len(rows)).astype(np.int64)
         return self.pieces[ranges(self.piece_at[chosen], lens)], np.concatenate([[0], np.cumsum(per_row)])
+
+
+def split_words(ids: np.ndarray, at: np.ndarray, opens: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Sentences (`ids` end to end, starting at `at`) cut into words where a piece `opens` one (a bool per
+    piece id) or a sentence starts: (each word's type, where each word starts in `ids`, each type's ids)."""
+    starts = opens[ids]
+    starts[at[:-1][at[:-1] < len(ids)]] = True  # (an empty sentence has no word)
+    word_pos = np.flatnonzero(starts)
+    word_end = np.append(word_pos[1:], len(ids))
+    types: dict[bytes, int] = {}
+    keys = (ids[a:b].tobytes() for a, b in zip(word_pos, word_end))
+    words = np.fromiter((types.setdefault(k, len(types)) for k in keys), np.int64, len(word_pos))
+    return words, word_pos, [np.frombuffer(k, np.int32) for k in types]
+
+
+def probabilities(
+    candidates: list[list[np.ndarray]], scores: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Each type's candidates (pieces' ids; the best first) weighted P(seg) ** alpha from the pieces' log
+    probabilities `scores`, those under `MIN_PROB` dropped: (where each type's kept candidates start, their
+    cumulative probabilities plus the type's index, the kept candidates)."""
+    kept, cum, first = [], [], [0]
+    for t, cands in enumerate(candidates):
+        logp = alpha * np.array([scores[c].sum() for c in cands])
+        p = np.exp(logp - logp.max())
+        keep = p / p.sum() >= MIN_PROB
+        kept += [c for c, k in zip(cands, keep) if k]
+        c = np.cumsum(p[keep]) / p[keep].sum()
+        c[-1] = 1.0
+        cum.append(t + c)  # the type's index added: one sorted array over all types
+        first.append(first[-1] + len(c))
+    return np.array(first), np.concatenate(cum), kept
 
 
 class PairSampler:

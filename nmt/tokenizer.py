@@ -134,10 +134,12 @@ class Tokenizer:
         return self.tgt.encode(lines)
 
     def sample(self, side: str, lines: list[str], alpha: float) -> list[list[int]]:
-        """`side` (src or tgt) segmented by sampling (unigram: smoothing `alpha`, over all segmentations;
-        bpe: dropout `alpha`), from SentencePiece's generator (`spm.set_random_generator_seed`). One thread:
-        with several, which sentence draws from which thread's generator varies, and so would the result.
-        The same seed gives the same segmentation within a process, not in another (SentencePiece 0.2.x)."""
+        """`side` (src or tgt) segmented by SentencePiece's sampling (unigram: smoothing `alpha`, over all
+        segmentations; bpe: dropout `alpha`), from its generator (`spm.set_random_generator_seed`). One
+        thread: with several, which sentence draws from which thread's generator varies, and so would the
+        result. The same seed gives the same segmentation within a process, not in another (SentencePiece
+        0.2.2 on salts its generator per process): training samples a unigram model's segmentations itself
+        (`nmt.sampling`), and uses this for BPE-dropout only."""
         model = self.src if side == "src" else self.tgt
         return model.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
 

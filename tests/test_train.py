@@ -63,6 +63,7 @@ def toy_config(tmp_path, **sections):
             "test": [],
             "vocab_size": 50,
             "cache_dir": str(tmp_path / "cache"),
+            "sampling_alpha": 0.0,
         },
         # The regularisers and the average of the defaults off: each test turns on what it is about.
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16, "word_dropout": 0.0},
@@ -238,9 +239,9 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
     ids=["subword-sampling", "r-drop", "word-dropout"],
 )
 def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
-    """Subword sampling's segmentations come from the seed and the epoch (within one process: SentencePiece's
-    sampling differs from process to process), R-Drop's two dropout masks and word dropout's words from
-    torch's generator: a run stopped and resumed ends with the weights of the same run straight through."""
+    """Subword sampling's segmentations come from the seed and the epoch (in new processes too:
+    tests/test_distributed.py), R-Drop's two dropout masks and word dropout's words from torch's generator: a
+    run stopped and resumed ends with the weights of the same run straight through."""
     settings = {"max_steps": 16, "valid_every": 8, "time_budget_min": 0, "threads": 1}
 
     def config(name: str, max_steps: int = 16, sections: dict = regulariser):
