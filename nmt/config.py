@@ -56,8 +56,8 @@ class DataConfig:
     )
     # Subword regularisation: each epoch's training pairs are segmented anew by sampling, from the run's seed
     # (unigram: alpha is the smoothing, a smaller one samples more widely; bpe: BPE-dropout's probability,
-    # SentencePiece's own, which repeats within a process only); 0: the one best segmentation, as cached. `sampling_sides`: the source only, or both (a sampled target
-    # with a piece outside the output layer keeps its best segmentation).
+    # SentencePiece's own, which repeats within a process only); 0: the one best segmentation, as cached.
+    # `sampling_sides`: the source only, or both (a sampled target word keeps to the output layer).
     sampling_alpha: float = 0.5
     sampling_sides: Literal["src", "both"] = "both"
     # One model for several directions: `src-tgt` pairs (en-de, de-en, en-fr, ...). The splits above are then
