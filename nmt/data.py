@@ -317,7 +317,7 @@ def columns(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def id_column(ds: datasets.Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """An ids column as (every row's ids end to end, int32; (rows + 1,) where each row's start), read as
+    """An ids column as (every row's ids end to end, int32; (rows + 1,) where each row starts), read as
     Arrow."""
     ids = ds.select_columns([column]).with_format("arrow")[:].column(column).combine_chunks()
     offsets = ids.offsets.to_numpy()
