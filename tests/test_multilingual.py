@@ -200,6 +200,7 @@ def toy_doc(folder: Path, **train) -> dict:
             "test": [],
             "vocab_size": 90,
             "cache_dir": str(folder / "cache"),
+            "sampling_alpha": 0.0,  # as configs/multilingual.yaml
         },
         "model": {"emb_size": 16, "enc_hidden": 16, "dec_hidden": 16},
         "train": {"run_dir": str(folder / "run"), "batch_tokens": 300, "time_budget_min": 5, "threads": 1}
@@ -208,18 +209,20 @@ def toy_doc(folder: Path, **train) -> dict:
     return doc
 
 
-def toy_config(folder: Path, **train):
-    return config_from_dict(toy_doc(folder, **train), "toy")
+def toy_config(folder: Path, sampling_alpha: float = 0.0, **train):
+    doc = toy_doc(folder, **train)
+    doc["data"]["sampling_alpha"] = sampling_alpha
+    return config_from_dict(doc, "toy")
 
 
 def test_resume_is_exact_with_direction_sampling(tmp_path):
-    """Epochs drawn by direction (temperature 2) come from the seed and the epoch: stopped and resumed, a
-    run ends with the weights of the same run straight through."""
+    """Epochs drawn by direction (temperature 2) and segmented by subword sampling, tags kept, come from the
+    seed and the epoch: stopped and resumed, a run ends with the weights of the same run straight through."""
     import dataclasses
 
     from nmt.train import train
 
-    settings = {"max_steps": 30, "valid_every": 15}
+    settings = {"max_steps": 30, "valid_every": 15, "sampling_alpha": 0.5}
     train(toy_config(tmp_path / "a", **settings))
     halves = toy_config(tmp_path / "b", **settings | {"max_steps": 15})
     train(halves)
