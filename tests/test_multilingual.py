@@ -34,7 +34,7 @@ def multilingual(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("multilingual")
     sizes = [("train", 600), ("valid", 30), ("test", 20)]
     splits = {name: toy_multilingual(work / "toy", name, n, seed) for seed, (name, n) in enumerate(sizes, 1)}
-    data = {"directions": DIRECTIONS, "vocab_size": 90}
+    data = {"directions": DIRECTIONS, "vocab_size": 90, "sampling_alpha": 0.0}  # as configs/multilingual.yaml
     train_toy_run(work, splits, data, {"valid_every": 50, "log_every": 50, "max_steps": 200})
     return {
         "work": work,
