@@ -21,6 +21,8 @@ from nmt.vocab import OutputVocab
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "multi30k"  # the Multi30k mirror beside the checkout, as in CI
+needs_mirror = pytest.mark.skipif(not SHARED.is_dir(), reason="no Multi30k mirror beside the checkout")
 
 
 def tiny_config(**overrides) -> ModelConfig:

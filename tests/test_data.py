@@ -16,10 +16,7 @@ from nmt.config import DataConfig
 from nmt.errors import NMTError
 from nmt.tokenizer import Tokenizer, train_spm
 
-from conftest import toy_corpus
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
-needs_mirror = pytest.mark.skipif(not SHARED.is_dir(), reason="no Multi30k mirror beside the checkout")
+from conftest import SHARED, needs_mirror, toy_corpus
 
 
 @needs_mirror

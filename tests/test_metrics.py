@@ -4,14 +4,14 @@ score behaves as BLEU on lowercased Moses tokens should."""
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 from sacrebleu.metrics import BLEU
 
 from nmt.metrics import corpus_scores, language_of, published_bleu, published_tokenize
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+from conftest import SHARED
+
 TOK = sorted((SHARED / "tok").glob("*.lc.norm.tok.*")) if SHARED.is_dir() else []
 
 

@@ -19,9 +19,7 @@ from nmt.config import DataConfig
 from nmt.sampling import PairSampler, WordSampler
 from nmt.tokenizer import Tokenizer, train_spm
 
-from conftest import toy_corpus
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+from conftest import SHARED, needs_mirror, toy_corpus
 
 
 def toy_set(tmp_path: Path, n: int, seed: int, model_type: str = "unigram", **cfg) -> tuple:
@@ -141,7 +139,7 @@ def test_sampling_is_the_same_in_every_process(tmp_path):
     assert digests == {hashlib.sha256(here.src.tobytes() + here.tgt.tobytes()).hexdigest()}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="no Multi30k mirror beside the checkout")
+@needs_mirror
 def test_words_are_drawn_as_sentencepiece_samples_them(tmp_path):
     """On real text (2,000 Multi30k sentences, a 1,000-piece model), alpha 0.3: the sentences' mean length
     in pieces, and the share that keep their best length, match SentencePiece's own sampling over the
