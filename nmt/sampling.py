@@ -29,6 +29,7 @@ from nmt.tokenizer import Tokenizer, is_tag, spm_settings
 
 NBEST = 64  # candidate segmentations per word type
 MIN_PROB = 1e-4  # candidates less likely than this are dropped (the best one never is)
+CHUNK = 10_000  # word types searched and weighed at a time: the build holds one chunk's candidates at once
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -61,28 +62,23 @@ class WordSampler:
         """From a side's best segmentations (`ids` end to end, a sentence's starting at `at`). A word is a
         piece that starts with ▁, starts a sentence or is special (unknown, control, a language tag), and the
         pieces up to the next: no piece spans a word boundary or an unknown character, so the words'
-        segmentations are independent. A word with a special piece keeps its best segmentation; a candidate
-        with a piece outside the output layer (`in_layer`: a bool per piece id; None: all in it) is dropped,
-        unless it is the best."""
+        segmentations are independent. Each word type's candidates are `candidates`' (`in_layer`: a bool per
+        piece id, or None), found and weighed `CHUNK` types at a time."""
         vocab = range(sp.get_piece_size())
         special = np.array([sp.is_unknown(i) or sp.is_control(i) or is_tag(sp.id_to_piece(i)) for i in vocab])
         opens = np.array([sp.id_to_piece(i).startswith("▁") for i in vocab]) | special
+        scores = np.array([sp.get_score(i) for i in vocab])
         words, word_pos, best = split_words(ids.astype(np.int32), at, opens)
-        candidates = [[b] for b in best]
-        free = [k for k, b in enumerate(best) if not special[b].any()]
-        texts = [sp.decode(best[k].tolist()) for k in free]
-        for k, found in zip(free, sp.nbest_encode(texts, nbest_size=NBEST, out_type="numpy")):
-            if np.array_equal(found[0], best[k]):  # else the word alone normalises otherwise: the best only
-                candidates[k] += [c for c in found[1:] if in_layer is None or in_layer[c].all()]
-        first, cum, kept = probabilities(candidates, np.array([sp.get_score(i) for i in vocab]), alpha)
-        lens = np.fromiter(map(len, kept), np.int64, len(kept))
+        chunks = (best[start : start + CHUNK] for start in range(0, len(best), CHUNK))
+        parts = [probabilities(candidates(sp, chunk, special, in_layer), scores, alpha) for chunk in chunks]
+        counts, cum, lens, pieces = (np.concatenate(part) for part in zip(*parts))
         return cls(
             words=words,
             word_at=np.searchsorted(word_pos, at),
-            first=first,
-            cum=cum,
+            first=np.concatenate([[0], np.cumsum(counts)]),
+            cum=np.repeat(np.arange(len(counts)), counts) + cum,
             piece_at=np.concatenate([[0], np.cumsum(lens)]),
-            pieces=np.concatenate(kept),
+            pieces=pieces,
         )
 
     def draw(self, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -112,23 +108,40 @@ def split_words(ids: np.ndarray, at: np.ndarray, opens: np.ndarray) -> tuple[np.
     return words, word_pos, [np.frombuffer(k, np.int32) for k in types]
 
 
+def candidates(
+    sp: spm.SentencePieceProcessor, best: list[np.ndarray], special: np.ndarray, in_layer: np.ndarray | None
+) -> list[list[np.ndarray]]:
+    """Each word type's candidate segmentations, its best (`best`) first: the `NBEST` best that SentencePiece
+    finds for the word alone, less those with a piece outside the output layer (`in_layer`: a bool per piece
+    id; None: all in it). A word with a `special` piece keeps its best only, and so does a word whose best
+    segmentation alone is not `best` (the word alone normalises otherwise)."""
+    found = [[b] for b in best]
+    free = [k for k, b in enumerate(best) if not special[b].any()]
+    texts = [sp.decode(best[k].tolist()) for k in free]
+    for k, nbest in zip(free, sp.nbest_encode(texts, nbest_size=NBEST, out_type="numpy")):
+        if np.array_equal(nbest[0], best[k]):
+            found[k] += [c for c in nbest[1:] if in_layer is None or in_layer[c].all()]
+    return found
+
+
 def probabilities(
     candidates: list[list[np.ndarray]], scores: np.ndarray, alpha: float
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each type's candidates (pieces' ids; the best first) weighted P(seg) ** alpha from the pieces' log
-    probabilities `scores`, those under `MIN_PROB` dropped: (where each type's kept candidates start, their
-    cumulative probabilities plus the type's index, the kept candidates)."""
-    kept, cum, first = [], [], [0]
-    for t, cands in enumerate(candidates):
+    probabilities `scores`, those under `MIN_PROB` dropped: (each type's count of kept candidates, their
+    cumulative probabilities within the type, each kept candidate's length, their pieces end to end)."""
+    kept, cum, counts = [], [], []
+    for cands in candidates:
         logp = alpha * np.array([scores[c].sum() for c in cands])
         p = np.exp(logp - logp.max())
         keep = p / p.sum() >= MIN_PROB
         kept += [c for c, k in zip(cands, keep) if k]
         c = np.cumsum(p[keep]) / p[keep].sum()
         c[-1] = 1.0
-        cum.append(t + c)  # the type's index added: one sorted array over all types
-        first.append(first[-1] + len(c))
-    return np.array(first), np.concatenate(cum), kept
+        cum.append(c)
+        counts.append(len(c))
+    lens = np.fromiter(map(len, kept), np.int64, len(kept))
+    return np.array(counts, np.int64), np.concatenate(cum), lens, np.concatenate(kept)
 
 
 class PairSampler:
@@ -140,13 +153,13 @@ class PairSampler:
 
     def __init__(self, ds: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, in_layer: np.ndarray | None):
         self.ds, self.tok, self.cfg, self.in_layer = ds, tok, cfg, in_layer
-        self.cached = id_column(ds, "src_ids"), id_column(ds, "tgt_ids")
         self.words: tuple[WordSampler, WordSampler | None] | None = None
         if spm_settings(tok.src_proto)[0] == "unigram":
             both = cfg.sampling_sides == "both"
+            self.best_tgt = id_column(ds, "tgt_ids")  # the targets as they are, where only sources sample
             self.words = (
-                WordSampler.build(tok.src, *self.cached[0], cfg.sampling_alpha),
-                WordSampler.build(tok.tgt, *self.cached[1], cfg.sampling_alpha, in_layer) if both else None,
+                WordSampler.build(tok.src, *id_column(ds, "src_ids"), cfg.sampling_alpha),
+                WordSampler.build(tok.tgt, *self.best_tgt, cfg.sampling_alpha, in_layer) if both else None,
             )
 
     def epoch(self, rows: np.ndarray, seed: int) -> SampledPairs:
@@ -156,7 +169,7 @@ class PairSampler:
             return self.spm_sampled(rows)
         rng = np.random.default_rng(seed)
         src, src_at = self.words[0].draw(rows, rng)
-        tgt, tgt_at = self.words[1].draw(rows, rng) if self.words[1] else gather(*self.cached[1], rows)
+        tgt, tgt_at = self.words[1].draw(rows, rng) if self.words[1] else gather(*self.best_tgt, rows)
         return SampledPairs(src, src_at, tgt, tgt_at)
 
     def spm_sampled(self, rows: np.ndarray, chunk: int = 10_000) -> SampledPairs:

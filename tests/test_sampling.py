@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from nmt import data
+from nmt import data, sampling
 from nmt.config import DataConfig
 from nmt.sampling import PairSampler, WordSampler
 from nmt.tokenizer import Tokenizer, train_spm
@@ -168,3 +168,19 @@ def test_words_are_drawn_as_sentencepiece_samples_them(tmp_path):
     draws = [alone.draw(np.zeros(1, np.int64), rng)[0].tobytes() for _ in range(20_000)]
     freq = np.array([draws.count(seg.tobytes()) for seg in segs]) / len(draws)
     assert len(segs) > 5 and np.abs(freq - weights / weights.sum()).max() < 0.015
+
+
+def test_word_sampler_built_in_chunks_is_the_same(tmp_path, monkeypatch):
+    """The candidates are found and weighed `CHUNK` word types at a time (memory for one chunk's, not a whole
+    corpus's): any chunk size gives the same sampler, array for array."""
+    prefix = toy_corpus(tmp_path / "toy", "train", 80, seed=4)
+    lines = Path(f"{prefix}.de").read_text().splitlines()
+    tok = Tokenizer(*(train_spm(lines, 60, "unigram", 10_000),) * 2)
+    best = tok.encode_src(lines)
+    ids, at = np.concatenate(best), np.concatenate([[0], np.cumsum([len(s) for s in best])])
+    whole = WordSampler.build(tok.src, ids, at, 0.5)
+    monkeypatch.setattr(sampling, "CHUNK", 3)
+    chunked = WordSampler.build(tok.src, ids, at, 0.5)
+    assert len(whole.first) - 1 > 3 * 5 and len(whole.cum) > len(whole.first)  # several chunks, and choices
+    for field in dataclasses.fields(WordSampler):
+        assert np.array_equal(getattr(whole, field.name), getattr(chunked, field.name)), field.name
