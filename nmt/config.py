@@ -92,7 +92,7 @@ class ModelConfig:
     emb_dropout: float = 0.2
     # Word dropout, in training: each source piece and each decoder input piece becomes <unk> with this
     # probability (a multilingual source's language tag is kept), before the embeddings. 0: off
-    word_dropout: float = 0.2
+    word_dropout: float = 0.1
     tie_embeddings: bool = True  # decoder input embedding = output projection weights
     # One embedding matrix for the source and the decoder input (with tie_embeddings, the output layer's
     # too): a joint vocabulary's pieces get one vector wherever they occur. Needs data.joint_vocab.
