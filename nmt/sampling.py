@@ -60,8 +60,8 @@ class WordSampler:
         in_layer: np.ndarray | None = None,
     ) -> WordSampler:
         """From a side's best segmentations (`ids` end to end, a sentence's starting at `at`). A word is a
-        piece that starts with ▁, starts a sentence or is special (unknown, control, a language tag), and the
-        pieces up to the next: no piece spans a word boundary or an unknown character, so the words'
+        piece that starts with ▁, starts a sentence or is special (unknown, control, a language tag), and
+        the pieces up to the next: no piece spans a word boundary or an unknown character, so the words'
         segmentations are independent. Each word type's candidates are `candidates`' (`in_layer`: a bool per
         piece id, or None), found and weighed `CHUNK` types at a time."""
         vocab = range(sp.get_piece_size())
