@@ -79,7 +79,10 @@ def build(
 ) -> Trainer:
     """Seeds, data, then the trainer: a fresh model, or the checkpoint's when resuming."""
     t = cfg.train
-    precision = resolve_precision(t.precision, device)
+    asked = t.precision
+    if resume and asked == "auto":  # a run goes on in the precision it ran in, whatever `auto` gives here
+        asked = finetune.recorded(run_dir, "train", "precision") or asked
+    precision = resolve_precision(asked, device)
     log.info(
         "device %s, precision %s, %d process(es), %d batch(es) per process per step",
         device,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nmt.checkpoint import load_model, saved_decode
-from nmt.config import TrainConfig, config_from_dict
+from nmt.config import TrainConfig, config_from_dict, load_run_config
 from nmt.ensemble import averaged
 from nmt.errors import NMTError
 from nmt.train import train
@@ -260,6 +260,25 @@ def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
     train(config("c", sections={}))
     c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_resume_keeps_the_precision_the_run_started_in(tmp_path):
+    """`auto` picks a precision for the machine; a run resumed with it goes on in the precision it recorded
+    (bf16 here, which `auto` gives only on a CPU with AMX), so it ends with the weights of the same run
+    straight through."""
+
+    def config(name: str, max_steps: int, precision: str = "bf16"):
+        steps = {"max_steps": max_steps, "valid_every": 8, "time_budget_min": 0, "threads": 1}
+        return toy_config(tmp_path / name, train=steps | {"precision": precision})
+
+    train(config("a", 16))
+    train(config("b", 8))
+    train(config("b", 16, precision="auto"), resume=True)
+    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
+    assert a["progress"]["step"] == b["progress"]["step"] == 16
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert load_run_config(tmp_path / "b" / "run" / "config.yaml").train.precision == "bf16"
 
 
 def test_moving_average_decay_warms_up_to_its_value():
