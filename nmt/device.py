@@ -8,6 +8,8 @@ import torch
 
 from nmt.errors import NMTError
 
+CPUINFO = Path("/proc/cpuinfo")  # Linux: the CPU's flags
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA when torch sees a GPU, else the CPU), `cpu`, `cuda`, `cuda:N`; NMTError for anything
@@ -23,7 +25,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
     """Whether the CPU has AMX, the tile unit that multiplies bf16 matrices (Linux's cpuinfo flags)."""
     try:
         flags = cpuinfo.read_text().split()
@@ -32,7 +34,7 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def resolve_precision(precision: str, device: torch.device, cpuinfo: Path = CPUINFO) -> str:
     """Training's precision: `auto` is bf16 on CPUs with AMX and fp32 elsewhere. Training the default config
     on 2 cores, bf16 autocast measured 1.4x fp32's speed on a Xeon with AMX, and 0.55x on one with AVX512-BF16
     but no AMX; on a GPU it measured slower for models this small."""

@@ -85,6 +85,15 @@ def records(tmp_path):
     return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
+def checkpoint(tmp_path, name: str) -> dict:
+    """The checkpoint of the toy run `name` (a toy_config under tmp_path / name)."""
+    return torch.load(tmp_path / name / "run" / "checkpoint.pt", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_early_stopping_after_patience_and_keep_last(tmp_path):
     # A learning rate this small cannot improve validation BLEU: training stops after 1 + patience
     # validations.
@@ -252,14 +261,12 @@ def test_regularisers_train_and_resume_exactly(tmp_path, regulariser):
     halves = config("b", max_steps=8)
     train(halves)
     train(dataclasses.replace(halves, train=dataclasses.replace(halves.train, max_steps=16)), resume=True)
-    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
+    a, b = checkpoint(tmp_path, "a"), checkpoint(tmp_path, "b")
     assert a["progress"]["step"] == b["progress"]["step"] == 16
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert same_weights(a, b)
     # and the regulariser changed what was learnt: the same run without it ends elsewhere
     train(config("c", sections={}))
-    c = torch.load(tmp_path / "c" / "run" / "checkpoint.pt", weights_only=True)
-    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    assert not same_weights(a, checkpoint(tmp_path, "c"))
 
 
 def test_resume_keeps_the_precision_the_run_started_in(tmp_path):
@@ -274,10 +281,9 @@ def test_resume_keeps_the_precision_the_run_started_in(tmp_path):
     train(config("a", 16))
     train(config("b", 8))
     train(config("b", 16, precision="auto"), resume=True)
-    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
+    a, b = checkpoint(tmp_path, "a"), checkpoint(tmp_path, "b")
     assert a["progress"]["step"] == b["progress"]["step"] == 16
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert same_weights(a, b)
     assert load_run_config(tmp_path / "b" / "run" / "config.yaml").train.precision == "bf16"
 
 
@@ -309,19 +315,16 @@ def test_moving_average_is_validated_kept_and_resumed_exactly(tmp_path):
     def config(name: str, max_steps: int):
         return toy_config(tmp_path / name, train=settings | {"threads": 1, "max_steps": max_steps})
 
-    def checkpoint(name: str) -> dict:
-        return torch.load(tmp_path / name / "run" / "checkpoint.pt", weights_only=True)
-
     def averaged_weights(state: dict) -> dict[str, torch.Tensor]:
         return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
 
     train(config("b", max_steps=1))
-    one = checkpoint("b")
+    one = checkpoint(tmp_path, "b")
     assert all(torch.equal(averaged_weights(one)[k], w) for k, w in one["model"].items())  # a copy at first
     train(config("b", max_steps=2), resume=True)
     train(config("a", max_steps=2))
-    a, b = checkpoint("a"), checkpoint("b")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    a, b = checkpoint(tmp_path, "a"), checkpoint(tmp_path, "b")
+    assert same_weights(a, b)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"]) and int(a["ema"]["n_averaged"]) == 2
     ema, d_1 = averaged_weights(a), min(d, 2 / 11)  # the decay of the second update
     for name, w in a["model"].items():
