@@ -125,6 +125,9 @@ class TrainConfig:
     batch_tokens: int = 2000  # target tokens per batch, padding included
     accumulate: int = 1  # batches per step and process: a step learns from world size × accumulate batches
     lr: float = 2e-3  # Adam; 2e-3 with the moving average (results/quality.md, lr2)
+    # AdamW's decoupled weight decay (Loshchilov & Hutter 2019) of the weight matrices and embeddings, not the
+    # biases: each step shrinks them by lr x weight_decay. 0: plain Adam
+    weight_decay: float = 0.0
     warmup_steps: int = 0
     # plateau: cut when validation BLEU stalls; linear, cosine: down to min_lr over the budget (the larger of
     # the fractions of max_steps and of time_budget_min used so far)
@@ -159,8 +162,8 @@ class TrainConfig:
     tensorboard: bool = False  # also write the metrics as TensorBoard event files (run_dir/tensorboard)
     threads: int = 0  # torch threads; 0: torch's default
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1, ...
-    # bf16: autocast of the forward pass (fp32 weights and optimizer); auto: bf16 on CPUs with AMX or
-    # AVX512-BF16, where it is faster, fp32 elsewhere (on a GPU it measured slower for models this small)
+    # bf16: autocast of the forward pass (fp32 weights and optimizer); auto: bf16 on CPUs with AMX, where it
+    # is faster, fp32 elsewhere (nmt.device.resolve_precision says what each measured)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
@@ -308,6 +311,7 @@ def _train_decode_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("train.min_lr", cfg.train.min_lr >= 0, "must not be negative"),
         ("train.clip_norm", cfg.train.clip_norm >= 0, "must not be negative (0 turns clipping off)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.weight_decay", cfg.train.weight_decay >= 0, "must not be negative (0: plain Adam)"),
         ("train.rdrop_alpha", cfg.train.rdrop_alpha >= 0, "must not be negative (0 turns R-Drop off)"),
         ("train.max_steps", cfg.train.max_steps >= 0, "must not be negative"),
         ("train.max_epochs", cfg.train.max_epochs >= 0, "must not be negative"),

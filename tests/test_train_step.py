@@ -117,3 +117,19 @@ def test_decoding_after_a_training_step_uses_the_new_weights():
         expected, _, _ = training_step(model, prev, state)
     assert not torch.allclose(before, expected, atol=1e-3), "the step did not change the decoder's output"
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max().item()
+
+
+def test_weight_decay_shrinks_matrices_not_biases():
+    """AdamW's decay is decoupled from the gradient: from the same weights and batch, a step with
+    `weight_decay` w lands lr × w × (each matrix's and embedding's weights before the step) below the step
+    without, and leaves the biases where the step without puts them."""
+    start, batch, lr, decay = tiny_model(**VARIANTS[1]), make_batch(SRC, TGT), 0.01, 0.5
+    t = TrainConfig(precision="fp32")
+    moved = []
+    for weight_decay in (0.0, decay):
+        model = copy.deepcopy(start)
+        step(model, make_optimizer(model, lr, weight_decay), [batch], lr, t, batch.n_tokens)
+        moved.append(dict(model.named_parameters()))
+    for name, p0 in start.named_parameters():
+        shrink = lr * decay * p0 if p0.dim() >= 2 else torch.zeros_like(p0)
+        assert torch.allclose(moved[0][name] - moved[1][name], shrink, atol=1e-6), name
