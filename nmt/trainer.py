@@ -31,10 +31,11 @@ from nmt.checkpoint import VERSION, load_checkpoint, migrate, save_checkpoint, s
 from nmt.config import Config, DataConfig, ModelConfig, TrainConfig
 from nmt.distributed import World
 from nmt.ensemble import averaged
+from nmt.errors import NMTError
 from nmt.metrics import bleu, chrf
 from nmt.model import Seq2Seq
 from nmt.plot import plot_runs
-from nmt.rundir import BEST, CHECKPOINT, CURVES, SNAPSHOTS, MetricsLog
+from nmt.rundir import BEST, CHECKPOINT, CONFIG, CURVES, SNAPSHOTS, MetricsLog
 from nmt.sampling import PairSampler
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator
@@ -242,8 +243,16 @@ class Trainer:
         self.bar = tqdm(disable=True)  # the loop's progress bar
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(migrate(state["model"], state.get("version", 1)))  # older runs' names
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(migrate(state["model"], state.get("version", 1)))  # older runs' names
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError):  # another model size; Adam against AdamW
+            raise NMTError(
+                f"{self.run_dir / CHECKPOINT}: its model or optimizer does not fit this config's; resume "
+                f"with the config the run recorded (nmt train {self.run_dir / CONFIG} --resume)"
+            ) from None
+        for group in self.optimizer.param_groups:  # the config's decay, not the checkpoint's
+            group["weight_decay"] = self.t.weight_decay if group["weight_decay"] else 0.0
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:
