@@ -96,6 +96,9 @@ def build(
     torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     prepared = prepare(cfg, run_dir, world, resume)
     if world.main:
+        world.barrier()
+    trainer = Trainer(cfg, prepared, precision, run_dir, world, device, metrics, start, resume)
+    if world.main:  # once the checkpoint, if any, fits: a refused resume leaves the run's config as it was
         recorded = dataclasses.replace(
             cfg,
             data=prepared.data_cfg,
@@ -103,8 +106,6 @@ def build(
             train=dataclasses.replace(t, precision=precision),
         )
         save_config(recorded, run_dir / CONFIG)
-        world.barrier()
-    trainer = Trainer(cfg, prepared, precision, run_dir, world, device, metrics, start, resume)
     log.info(
         "model: %d parameters; %d training pairs, %d validation pairs; device %s",
         trainer.model.num_parameters(),

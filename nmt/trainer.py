@@ -243,6 +243,9 @@ class Trainer:
         self.bar = tqdm(disable=True)  # the loop's progress bar
 
     def restore(self, state: dict[str, Any]) -> None:
+        settings = [  # each parameter group's, as the config made them
+            {k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups
+        ]
         try:
             self.model.load_state_dict(migrate(state["model"], state.get("version", 1)))  # older runs' names
             self.optimizer.load_state_dict(state["optimizer"])
@@ -251,8 +254,8 @@ class Trainer:
                 f"{self.run_dir / CHECKPOINT}: its model or optimizer does not fit this config's; resume "
                 f"with the config the run recorded (nmt train {self.run_dir / CONFIG} --resume)"
             ) from None
-        for group in self.optimizer.param_groups:  # the config's decay, not the checkpoint's
-            group["weight_decay"] = self.t.weight_decay if group["weight_decay"] else 0.0
+        for group, own in zip(self.optimizer.param_groups, settings):  # the checkpoint's moments, the
+            group.update(own)  # config's settings (torch would restore the checkpoint's weight decay too)
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:

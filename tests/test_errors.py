@@ -143,12 +143,14 @@ def test_train_resume_without_or_with_a_bad_checkpoint(tmp_path, corpus):
 
 def test_train_resume_with_another_model_or_optimizer(tmp_path, corpus):
     """A checkpoint resumed under a config whose model size or optimizer (Adam or AdamW) differs from the
-    run's ends with a one-line message that points to the run's own config."""
+    run's ends with a one-line message that points to the run's own config, which it leaves as it was."""
     config = str(config_file(tmp_path, corpus))
     assert run("train", config)[0] == 0
+    recorded = (tmp_path / "run" / "config.yaml").read_bytes()
     for override in ("--model.emb_size=12", "--train.weight_decay=0.1"):
         status, err = run("train", config, "--resume", override)
         assert_one_line_error(status, err, "checkpoint.pt: its model or optimizer does not fit this config's")
+        assert (tmp_path / "run" / "config.yaml").read_bytes() == recorded
 
 
 def test_train_failure_keeps_what_a_run_had(tmp_path, corpus):

@@ -287,6 +287,23 @@ def test_resume_keeps_the_precision_the_run_started_in(tmp_path):
     assert load_run_config(tmp_path / "b" / "run" / "config.yaml").train.precision == "bf16"
 
 
+def test_resume_takes_the_optimizer_settings_of_the_config(tmp_path):
+    """A run resumed with another `weight_decay` goes on with the config's (the biases still undecayed), not
+    the one its checkpoint's optimizer state holds, and records it."""
+
+    def config(max_steps: int, weight_decay: float):
+        steps = {"max_steps": max_steps, "valid_every": 4, "time_budget_min": 0, "threads": 1}
+        return toy_config(tmp_path / "a", train=steps | {"weight_decay": weight_decay})
+
+    train(config(4, 0.1))
+    assert [g["weight_decay"] for g in checkpoint(tmp_path, "a")["optimizer"]["param_groups"]] == [0.1, 0.0]
+    train(config(8, 0.05), resume=True)
+    state = checkpoint(tmp_path, "a")
+    assert state["progress"]["step"] == 8
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.0]
+    assert load_run_config(tmp_path / "a" / "run" / "config.yaml").train.weight_decay == 0.05
+
+
 def test_moving_average_decay_warms_up_to_its_value():
     """After n updates the decay is min(d, (1 + n) / (10 + n)): a short run averages its recent weights, a
     long one (here from n = 35 on) the given decay's."""
