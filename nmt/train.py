@@ -95,7 +95,7 @@ def build(
     random.seed(t.seed)
     torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     prepared = prepare(cfg, run_dir, world, resume)
-    if world.main:
+    if world.main:  # the other ranks wait at the start of `prepare` and then read what rank 0 made
         world.barrier()
     trainer = Trainer(cfg, prepared, precision, run_dir, world, device, metrics, start, resume)
     if world.main:  # once the checkpoint, if any, fits: a refused resume leaves the run's config as it was
