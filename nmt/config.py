@@ -128,6 +128,8 @@ class TrainConfig:
     # AdamW's decoupled weight decay (Loshchilov & Hutter 2019) of the weight matrices and embeddings, not the
     # biases: each step shrinks them by lr x weight_decay. 0: plain Adam
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9  # Adam's decay of its moving averages of the gradient and of its square
+    adam_beta2: float = 0.999
     warmup_steps: int = 0
     # plateau: cut when validation BLEU stalls; linear, cosine: down to min_lr over the budget (the larger of
     # the fractions of max_steps and of time_budget_min used so far)
@@ -312,6 +314,8 @@ def _train_decode_checks(cfg: Config) -> list[tuple[str, bool, str]]:
         ("train.clip_norm", cfg.train.clip_norm >= 0, "must not be negative (0 turns clipping off)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
         ("train.weight_decay", cfg.train.weight_decay >= 0, "must not be negative (0: plain Adam)"),
+        ("train.adam_beta1", 0 <= cfg.train.adam_beta1 < 1, "must be in [0, 1)"),
+        ("train.adam_beta2", 0 <= cfg.train.adam_beta2 < 1, "must be in [0, 1)"),
         ("train.rdrop_alpha", cfg.train.rdrop_alpha >= 0, "must not be negative (0 turns R-Drop off)"),
         ("train.max_steps", cfg.train.max_steps >= 0, "must not be negative"),
         ("train.max_epochs", cfg.train.max_epochs >= 0, "must not be negative"),

@@ -122,6 +122,7 @@ def test_train_bytes_that_are_not_utf8(tmp_path, corpus):
         ("--model.emb_size=big", "model.emb_size: expected int, got str 'big'"),
         ("--train.label_smoothing=1.5", "train.label_smoothing must be in [0, 1)"),
         ("--train.weight_decay=-0.1", "train.weight_decay must not be negative"),
+        ("--train.adam_beta2=1", "train.adam_beta2 must be in [0, 1)"),
         ("--decode.beam=-1", "decode.beam must be positive"),
         ("--train.device=tpu", "device 'tpu': not a device"),
     ],

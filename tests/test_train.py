@@ -288,20 +288,26 @@ def test_resume_keeps_the_precision_the_run_started_in(tmp_path):
 
 
 def test_resume_takes_the_optimizer_settings_of_the_config(tmp_path):
-    """A run resumed with another `weight_decay` goes on with the config's (the biases still undecayed), not
-    the one its checkpoint's optimizer state holds, and records it."""
+    """A run resumed with another `weight_decay` and Adam betas goes on with the config's (the biases still
+    undecayed), not the ones its checkpoint's optimizer state holds, and records them."""
 
-    def config(max_steps: int, weight_decay: float):
+    def config(max_steps: int, weight_decay: float, beta2: float):
         steps = {"max_steps": max_steps, "valid_every": 4, "time_budget_min": 0, "threads": 1}
-        return toy_config(tmp_path / "a", train=steps | {"weight_decay": weight_decay})
+        optimizer = {"weight_decay": weight_decay, "adam_beta1": 0.8, "adam_beta2": beta2}
+        return toy_config(tmp_path / "a", train=steps | optimizer)
 
-    train(config(4, 0.1))
-    assert [g["weight_decay"] for g in checkpoint(tmp_path, "a")["optimizer"]["param_groups"]] == [0.1, 0.0]
-    train(config(8, 0.05), resume=True)
+    train(config(4, 0.1, 0.99))
+    groups = checkpoint(tmp_path, "a")["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert [tuple(g["betas"]) for g in groups] == [(0.8, 0.99)] * 2
+    train(config(8, 0.05, 0.98), resume=True)
     state = checkpoint(tmp_path, "a")
     assert state["progress"]["step"] == 8
-    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.0]
-    assert load_run_config(tmp_path / "a" / "run" / "config.yaml").train.weight_decay == 0.05
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert [tuple(g["betas"]) for g in groups] == [(0.8, 0.98)] * 2
+    recorded = load_run_config(tmp_path / "a" / "run" / "config.yaml").train
+    assert (recorded.weight_decay, recorded.adam_beta2) == (0.05, 0.98)
 
 
 def test_moving_average_decay_warms_up_to_its_value():
