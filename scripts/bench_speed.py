@@ -104,7 +104,7 @@ def training_throughput(
     batches = data.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = Seq2Seq(prepared.model_cfg, prepared.vocab).to(device).train()
-    optimizer = make_optimizer(model, cfg.train.lr)  # the trainer's own
+    optimizer = make_optimizer(model, cfg.train)  # the trainer's own
     lr = cfg.train.lr
     tokens = src_tokens = 0
     for i in range(warmup + steps):

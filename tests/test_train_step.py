@@ -109,7 +109,8 @@ def test_decoding_after_a_training_step_uses_the_new_weights():
     with torch.no_grad():
         before, _, _ = model.step(prev, model.encode(batch.src, batch.src_lens))  # builds the cache
     model.train()
-    step(model, make_optimizer(model, 0.01), [batch], 0.01, TrainConfig(precision="fp32"), batch.n_tokens)
+    t = TrainConfig(lr=0.01, precision="fp32")
+    step(model, make_optimizer(model, t), [batch], t.lr, t, batch.n_tokens)
     model.eval()
     with torch.no_grad():
         state = model.encode(batch.src, batch.src_lens)
@@ -124,11 +125,11 @@ def test_weight_decay_shrinks_matrices_not_biases():
     `weight_decay` w lands lr × w × (each matrix's and embedding's weights before the step) below the step
     without, and leaves the biases where the step without puts them."""
     start, batch, lr, decay = tiny_model(**VARIANTS[1]), make_batch(SRC, TGT), 0.01, 0.5
-    t = TrainConfig(precision="fp32")
     moved = []
     for weight_decay in (0.0, decay):
         model = copy.deepcopy(start)
-        step(model, make_optimizer(model, lr, weight_decay), [batch], lr, t, batch.n_tokens)
+        t = TrainConfig(lr=lr, weight_decay=weight_decay, precision="fp32")
+        step(model, make_optimizer(model, t), [batch], lr, t, batch.n_tokens)
         moved.append(dict(model.named_parameters()))
     for name, p0 in start.named_parameters():
         shrink = lr * decay * p0 if p0.dim() >= 2 else torch.zeros_like(p0)
