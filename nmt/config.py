@@ -84,6 +84,7 @@ class ModelConfig:
     emb_size: int = 256
     enc_hidden: int = 256  # per direction
     enc_layers: int = 2
+    enc_residual: bool = False  # add each encoder layer's input to its output, from the second on
     dec_hidden: int = 256
     dec_layers: int = 2
     attention: Literal["bahdanau", "luong"] = "luong"

@@ -7,6 +7,10 @@ it at fp32 (its own autocast, if any, applies as usual).
 
 Training on a CPU runs the LSTM as `prefix_lstm`: the same function as torch's LSTM over the packed batch, in
 larger kernels (torch's packed LSTM on a CPU is a loop of small matrix multiplies per time step).
+
+`residual`: from the second layer on, each layer's input is added to its output (Wu et al. 2016, GNMT).
+`prefix_lstm` and `FrozenLSTM` add it between their layers; torch's packed LSTM runs a layer at a time for it
+(`residual_lstm`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,17 @@ from nmt.tokenizer import PAD
 
 class Encoder(nn.Module):
     def __init__(
-        self, vocab_size: int, emb_size: int, hidden: int, layers: int, dropout: float, emb_dropout: float
+        self,
+        vocab_size: int,
+        emb_size: int,
+        hidden: int,
+        layers: int,
+        dropout: float,
+        emb_dropout: float,
+        residual: bool = False,
     ):
         super().__init__()
+        self.residual = residual
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
         self.emb_dropout = Dropout(emb_dropout)
         self.rnn = nn.LSTM(
@@ -52,7 +64,7 @@ class Encoder(nn.Module):
         """The LSTM in the precision of decoding, bf16 or int8, rebuilt when a weight changed."""
         key = weights_key(self.rnn) + (self.precision,)
         if self._frozen_cache is None or self._frozen_cache[0] != key:
-            self._frozen_cache = (key, FrozenLSTM(self.rnn, self.precision))
+            self._frozen_cache = (key, FrozenLSTM(self.rnn, self.precision, self.residual))
         return self._frozen_cache[1]
 
     def forward(
@@ -63,13 +75,16 @@ class Encoder(nn.Module):
         states of each layer side by side, taken at each sentence's own last token."""
         emb = self.emb_dropout(self.embed(src))  # (B, S, E)
         if self.training and src.device.type == "cpu":
-            out, (h, c) = prefix_lstm(self.rnn, emb, src_lens, self.layer_dropout)  # as below
+            out, (h, c) = prefix_lstm(self.rnn, emb, src_lens, self.layer_dropout, self.residual)  # as below
         else:
             packed = pack_padded_sequence(emb, src_lens, batch_first=True, enforce_sorted=False)
             if not self.uses_frozen(src.device):  # fp32; bf16 on a GPU: cuDNN's LSTM under autocast
                 bf16 = self.precision == "bf16"
                 with torch.autocast(src.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
-                    out, (h, c) = self.rnn(packed)  # h, c: (layers * 2, B, H), in the batch's original order
+                    if self.residual:
+                        out, (h, c) = residual_lstm(self.rnn, packed, self.layer_dropout)
+                    else:  # h, c: (layers * 2, B, H), in the batch's original order
+                        out, (h, c) = self.rnn(packed)
             else:
                 out, (h, c) = self.frozen_rnn()(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, 2H)
@@ -92,7 +107,8 @@ class FrozenLSTM:
     directions' input weights over every token; then one per step and direction, over the running
     sentences."""
 
-    def __init__(self, rnn: nn.LSTM, precision: str):
+    def __init__(self, rnn: nn.LSTM, precision: str, residual: bool = False):
+        self.residual = residual
         self.layers: list[tuple[FrozenLinear, list[FrozenLinear]]] = []  # (inputs → 2 × 4H gates, own h → 4H)
         with torch.no_grad():
             for layer in range(rnn.num_layers):
@@ -108,7 +124,7 @@ class FrozenLSTM:
         (layers * 2, B, H) in the batch's original order: what `nn.LSTM` returns."""
         x, sizes = packed.data, packed.batch_sizes.tolist()  # tokens, time-major; running sentences per step
         hs, cs = [], []
-        for inputs, own in self.layers:
+        for layer, (inputs, own) in enumerate(self.layers):
             gates = inputs(x).chunk(2, dim=1)  # (tokens, 4H) for each direction
             outs = []
             for direction in (0, 1):
@@ -116,7 +132,8 @@ class FrozenLSTM:
                 outs.append(out)
                 hs.append(h)
                 cs.append(c)
-            x = torch.cat(outs, dim=1)  # (tokens, 2H): the next layer's input
+            out = torch.cat(outs, dim=1)  # (tokens, 2H): the next layer's input
+            x = out + x if self.residual and layer else out
         h, c = torch.stack(hs), torch.stack(cs)  # (layers * 2, B, H), longest sentence first
         if packed.unsorted_indices is not None:
             h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
@@ -153,7 +170,7 @@ def _run_direction(
 
 
 def prefix_lstm(
-    rnn: nn.LSTM, x: torch.Tensor, lens: torch.Tensor, layer_dropout: nn.Module
+    rnn: nn.LSTM, x: torch.Tensor, lens: torch.Tensor, layer_dropout: nn.Module, residual: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The bidirectional, batch-first `rnn` (training) over x (B, S, E), right-padded, lens (B,) on the CPU:
     what it gives on the packed batch, up to rounding, as outputs (B, S, 2H) (zeros at padding) and final
@@ -161,23 +178,49 @@ def prefix_lstm(
     as one dense sequence (one fused kernel: oneDNN's on a CPU), then the rest of each sentence packed; the
     backward direction runs on each sentence reversed within its length. A training batch holds sentences of
     similar lengths, so the dense part is most of it (93% of the source tokens of en-de's batches).
-    `layer_dropout` applies between layers, where `rnn` would apply its own dropout."""
+    `layer_dropout` applies between layers, where `rnn` would apply its own dropout; `residual` adds each
+    layer's input (before that dropout) to its output from the second layer on."""
     order = reversal(lens, x.size(1))  # (B, S)
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.lstm's order of one direction's weights
     hs, cs = [], []
     for layer in range(rnn.num_layers):
+        below = layer_dropout(x) if layer else x
         outs = []
         for suffix in ("", "_reverse"):
-            weights = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in names]
-            inputs = reorder(x, order) if suffix else x
+            weights = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in WEIGHT_NAMES]
+            inputs = reorder(below, order) if suffix else below
             out, h, c = prefix_direction(inputs, lens, weights)
             outs.append(reorder(out, order) if suffix else out)
             hs.append(h)
             cs.append(c)
-        x = torch.cat(outs, dim=-1)  # (B, S, 2H)
-        if layer < rnn.num_layers - 1:
-            x = layer_dropout(x)
+        out = torch.cat(outs, dim=-1)  # (B, S, 2H)
+        x = out + x if residual and layer else out
     return x, (torch.stack(hs), torch.stack(cs))
+
+
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.lstm's order of a direction's weights
+
+
+def residual_lstm(
+    rnn: nn.LSTM, packed: PackedSequence, layer_dropout: nn.Module
+) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
+    """The bidirectional `rnn` over a packed batch, each layer's input added to its output from the second
+    layer on, `layer_dropout` between layers: what `rnn(packed)` returns (its final h, c each
+    (layers * 2, B, H), in the batch's original order), for that residual stack."""
+    x, sizes = packed.data, packed.batch_sizes  # (tokens, E), time-major
+    zeros = x.new_zeros(2, int(sizes[0]), rnn.hidden_size)
+    hs, cs = [], []
+    for layer in range(rnn.num_layers):
+        weights = [getattr(rnn, f"{n}_l{layer}{s}") for s in ("", "_reverse") for n in WEIGHT_NAMES]
+        below = layer_dropout(x) if layer else x
+        # torch.lstm's flags: has_biases, num_layers, dropout, train, bidirectional
+        out, h, c = torch.lstm(below, sizes, (zeros, zeros), weights, True, 1, 0.0, rnn.training, True)
+        x = out + x if layer else out  # (tokens, 2H)
+        hs.append(h)
+        cs.append(c)
+    h, c = torch.cat(hs), torch.cat(cs)  # (layers * 2, B, H), longest sentence first
+    if packed.unsorted_indices is not None:
+        h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
+    return packed._replace(data=x), (h, c)
 
 
 def reversal(lens: torch.Tensor, length: int) -> torch.Tensor:

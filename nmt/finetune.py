@@ -35,6 +35,7 @@ ARCHITECTURE = (
     "emb_size",
     "enc_hidden",
     "enc_layers",
+    "enc_residual",
     "dec_hidden",
     "dec_layers",
     "attention",

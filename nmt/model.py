@@ -31,7 +31,13 @@ class Seq2Seq(nn.Module):
         if languages != len(cfg.tgt_langs):
             raise ValueError(f"output vocabulary for {languages} languages, model for {cfg.tgt_langs}")
         self.encoder = Encoder(
-            cfg.src_vocab_size, cfg.emb_size, cfg.enc_hidden, cfg.enc_layers, cfg.dropout, cfg.emb_dropout
+            cfg.src_vocab_size,
+            cfg.emb_size,
+            cfg.enc_hidden,
+            cfg.enc_layers,
+            cfg.dropout,
+            cfg.emb_dropout,
+            cfg.enc_residual,
         )
         self.decoder = Decoder(
             cfg.tgt_vocab_size,

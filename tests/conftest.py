@@ -63,7 +63,7 @@ def training_step(model: Seq2Seq, prev: torch.Tensor, state):
 # Every architecture variant the config allows, for the tests that must hold for all of them.
 VARIANTS = [
     dict(attention="bahdanau", input_feeding=True, tie_embeddings=False),
-    dict(attention="luong", input_feeding=True, tie_embeddings=True),
+    dict(attention="luong", input_feeding=True, tie_embeddings=True, enc_residual=True),
     dict(attention="bahdanau", input_feeding=False, tie_embeddings=True, emb_size=10),
     dict(attention="luong", input_feeding=False, tie_embeddings=False, enc_layers=1, dec_layers=1),
     dict(

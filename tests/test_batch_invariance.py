@@ -45,11 +45,12 @@ def test_each_sentence_translates_in_a_batch_as_alone(model, precision, beam):
     assert together == alone
 
 
-@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("layers", [1, 2, "2 residual"])
 @pytest.mark.parametrize("precision", PRECISIONS[1:])
 def test_packed_batch_encodes_each_sentence_bit_for_bit_as_alone(model, precision, layers):
     torch.manual_seed(3)
-    encoder = model.encoder if layers == 1 else Encoder(300, 32, 48, layers, 0.0, 0.0).eval()
+    residual = layers == "2 residual"
+    encoder = model.encoder if layers == 1 else Encoder(300, 32, 48, 2, 0.0, 0.0, residual).eval()
     encoder.precision = precision
     src_ids = sources()
     with torch.no_grad():

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.batch import Batch, make_batch, pad
 from nmt.dropout import Dropout
-from nmt.encoder import prefix_lstm
+from nmt.encoder import prefix_lstm, residual_lstm
 from nmt.errors import NMTError
 from nmt.loss import token_loss_sum
 from nmt.model import Seq2Seq
@@ -273,11 +273,12 @@ def test_output_layer_over_seen_pieces_is_the_full_softmax_renormalised(variant,
         torch.testing.assert_close(restricted_loss, expected)
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("lens", [[7, 3, 5, 1, 7], [4, 4, 4], [6, 5, 6, 5]])
-def test_prefix_lstm_is_torchs_packed_lstm(layers, lens):
+def test_prefix_lstm_is_torchs_packed_lstm(layers, lens, residual):
     """Training's encoder LSTM (dense prefix, packed rest) gives torch's packed LSTM: outputs, final states,
-    gradients of inputs and weights."""
+    gradients of inputs and weights; with `residual`, decoding's residual stack over the packed batch."""
     torch.manual_seed(0)
     rnn = nn.LSTM(6, 5, num_layers=layers, bidirectional=True, batch_first=True)
     lens = torch.tensor(lens)
@@ -288,10 +289,10 @@ def test_prefix_lstm_is_torchs_packed_lstm(layers, lens):
     def run(prefix: bool):
         inputs = x.clone().requires_grad_()
         if prefix:
-            out, (h, c) = prefix_lstm(rnn, inputs, lens, Dropout(0.0))
+            out, (h, c) = prefix_lstm(rnn, inputs, lens, Dropout(0.0), residual)
         else:
             packed = pack_padded_sequence(inputs, lens, batch_first=True, enforce_sorted=False)
-            out, (h, c) = rnn(packed)
+            out, (h, c) = residual_lstm(rnn, packed, Dropout(0.0)) if residual else rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         loss = (out * cotangent[0]).sum() + (h * cotangent[1][0]).sum() + (c * cotangent[1][1]).sum()
         grads = torch.autograd.grad(loss, [inputs, *rnn.parameters()])
@@ -305,10 +306,34 @@ def test_prefix_lstm_is_torchs_packed_lstm(layers, lens):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-def test_training_encoder_is_the_decoding_encoder_without_dropout():
+@pytest.mark.parametrize("residual", [False, True])
+def test_training_encoder_is_the_decoding_encoder_without_dropout(residual):
     """Training's encoder (`prefix_lstm` on a CPU) and decoding's (torch's packed LSTM): one function."""
-    model = tiny_model()  # no dropout
+    model = tiny_model(enc_residual=residual)  # no dropout
     batch = make_batch(SRC, TGT)
     trained = model.train().encoder(batch.src, batch.src_lens)
     decoded = model.eval().encoder(batch.src, batch.src_lens)
     torch.testing.assert_close(trained, decoded, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_stack_adds_each_layers_input_from_the_second_layer_on():
+    """A residual 2-layer encoder LSTM is its first layer, then the second layer over that output plus that
+    output: built here from two one-layer LSTMs with its weights (torch's packed LSTM, no residual code)."""
+    torch.manual_seed(0)
+    rnn = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+    first, second = (nn.LSTM(size, 5, bidirectional=True, batch_first=True) for size in (6, 10))
+    for layer, single in enumerate((first, second)):
+        for name, weight in single.named_parameters():  # e.g. weight_ih_l0_reverse ← weight_ih_l1_reverse
+            weight.data.copy_(getattr(rnn, name.replace("_l0", f"_l{layer}")))
+    lens = torch.tensor([5, 2, 4])
+    x = torch.randn(3, 5, 6) * (torch.arange(5) < lens[:, None]).unsqueeze(-1)
+    with torch.no_grad():
+        got, (h, c) = prefix_lstm(rnn, x, lens, Dropout(0.0), residual=True)
+        packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+        below, (h1, c1) = first(packed)
+        above, (h2, c2) = second(below)
+        summed = below._replace(data=below.data + above.data)
+        expected, _ = pad_packed_sequence(summed, batch_first=True, total_length=5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, torch.cat([h1, h2]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, torch.cat([c1, c2]), rtol=1e-5, atol=1e-6)
