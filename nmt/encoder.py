@@ -132,8 +132,8 @@ class FrozenLSTM:
                 outs.append(out)
                 hs.append(h)
                 cs.append(c)
-            out = torch.cat(outs, dim=1)  # (tokens, 2H): the next layer's input
-            x = out + x if self.residual and layer else out
+            out = torch.cat(outs, dim=1)  # (tokens, 2H)
+            x = out + x if self.residual and layer else out  # the next layer's input
         h, c = torch.stack(hs), torch.stack(cs)  # (layers * 2, B, H), longest sentence first
         if packed.unsorted_indices is not None:
             h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
@@ -169,6 +169,9 @@ def _run_direction(
     return out, h_last, c_last
 
 
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.lstm's order of a direction's weights
+
+
 def prefix_lstm(
     rnn: nn.LSTM, x: torch.Tensor, lens: torch.Tensor, layer_dropout: nn.Module, residual: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -195,9 +198,6 @@ def prefix_lstm(
         out = torch.cat(outs, dim=-1)  # (B, S, 2H)
         x = out + x if residual and layer else out
     return x, (torch.stack(hs), torch.stack(cs))
-
-
-WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.lstm's order of a direction's weights
 
 
 def residual_lstm(
