@@ -12,6 +12,7 @@ from nmt.checkpoint import load_model, saved_decode
 from nmt.config import TrainConfig, config_from_dict, load_run_config
 from nmt.ensemble import averaged
 from nmt.errors import NMTError
+import nmt.train
 from nmt.train import train
 from nmt.trainer import Progress, budget_used, learning_rate, moving_average, over_budget
 
@@ -220,6 +221,25 @@ def test_time_budget_includes_the_final_validation(tmp_path):
     done = next(r for r in records(tmp_path) if r["type"] == "done")
     assert len(done["validation_seconds"]) >= 2  # it validated on the way, so the last one was forecast
     stopped_by_the_budget(records(tmp_path), budget)
+
+
+def flushing() -> bool:
+    """Whether torch flushes denormal floats to zero now: 1e-39 is below float32's smallest normal number."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+def test_training_flushes_denormals_and_then_stops(tmp_path, monkeypatch):
+    seen = []
+    loop = nmt.train.trained
+
+    def watched(trainer):
+        seen.append(flushing())
+        return loop(trainer)
+
+    monkeypatch.setattr(nmt.train, "trained", watched)
+    assert not flushing()
+    train(toy_config(tmp_path, train={"max_steps": 2, "valid_every": 2}))
+    assert seen == [True] and not flushing()
 
 
 def test_tensorboard_event_files_hold_the_metrics(tmp_path):
