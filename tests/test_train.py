@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+import nmt.train
 from nmt.checkpoint import load_model, saved_decode
 from nmt.config import TrainConfig, config_from_dict, load_run_config
 from nmt.ensemble import averaged
 from nmt.errors import NMTError
-import nmt.train
 from nmt.train import train
 from nmt.trainer import Progress, budget_used, learning_rate, moving_average, over_budget
 
