@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
     """Train as `cfg` says; return the path of the best model file. A fresh run refuses a run directory that
     holds a previous run, or with `overwrite` deletes that run's files first. torch's thread count
-    (`train.threads`) is back as it was when this returns, and so is torch's flushing of denormal floats to
-    zero, which training turns on: residual encoder layers make denormals, which slow CPU arithmetic (a
-    300-step probe: 17% fewer tokens a second without flushing, the same losses with it)."""
+    (`train.threads`) is back as it was when this returns. Training flushes denormal floats to zero, and
+    turns that off (torch's default) when it returns: residual encoder layers make denormals, which slow CPU
+    arithmetic (a 300-step probe: 17% more tokens a second with flushing, and the same losses)."""
     start = time.monotonic()
     run_dir = make_run_dir(cfg.train.run_dir, resume, overwrite)
     device = resolve_device(cfg.train.device)
