@@ -229,6 +229,8 @@ def flushing() -> bool:
 
 
 def test_training_flushes_denormals_and_then_stops(tmp_path, monkeypatch):
+    if not torch.set_flush_denormal(False):  # torch flushes on x86 with SSE3 and on AArch64 only
+        pytest.skip("this CPU has no flushing of denormal floats")
     seen = []
     loop = nmt.train.trained
 
