@@ -135,9 +135,7 @@ class FrozenLSTM:
             out = torch.cat(outs, dim=1)  # (tokens, 2H)
             x = out + x if self.residual and layer else out  # the next layer's input
         h, c = torch.stack(hs), torch.stack(cs)  # (layers * 2, B, H), longest sentence first
-        if packed.unsorted_indices is not None:
-            h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
-        return PackedSequence(x, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), (h, c)
+        return packed._replace(data=x), (in_batch_order(packed, h), in_batch_order(packed, c))
 
 
 def _run_direction(
@@ -218,9 +216,12 @@ def residual_lstm(
         hs.append(h)
         cs.append(c)
     h, c = torch.cat(hs), torch.cat(cs)  # (layers * 2, B, H), longest sentence first
-    if packed.unsorted_indices is not None:
-        h, c = h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices)
-    return packed._replace(data=x), (h, c)
+    return packed._replace(data=x), (in_batch_order(packed, h), in_batch_order(packed, c))
+
+
+def in_batch_order(packed: PackedSequence, state: torch.Tensor) -> torch.Tensor:
+    """A final state (layers * 2, B, H), longest sentence first, in the packed batch's original order."""
+    return state if packed.unsorted_indices is None else state.index_select(1, packed.unsorted_indices)
 
 
 def reversal(lens: torch.Tensor, length: int) -> torch.Tensor:
