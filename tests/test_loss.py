@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from nmt.batch import Batch, make_batch
 from nmt.loss import rdrop_loss_sum, token_loss_sum
@@ -122,6 +123,36 @@ def test_rdrop_adds_the_symmetric_kl_of_the_two_passes():
     assert torch.allclose(rdrop_loss_sum(a, b, t, 0.1, 0.0), mean_ce)
     assert torch.allclose(rdrop_loss_sum(a, b, t, 0.1, 2.0), mean_ce + 2.0 / 4 * kl_both)
     assert torch.allclose(rdrop_loss_sum(a, a, t, 0.1, 2.0), token_loss_sum(a, t, 0.1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_token_loss_is_torchs_cross_entropy(label_smoothing, dtype):
+    """The fused loss gives torch's label-smoothed cross-entropy and its gradient, PAD rows ignored; logits
+    in bf16 (training's autocast) get a bf16 gradient, as through `logits.float()`."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(2, 9, 37, generator=gen)).to(dtype)
+    target = torch.randint(1, 37, (2, 9), generator=gen)
+    target[0, 6:], target[1, 2:] = PAD, PAD
+    grads = []
+    for loss_fn in (token_loss_sum, torch_cross_entropy):
+        x = logits.clone().requires_grad_()
+        loss = loss_fn(x, target, label_smoothing)
+        (loss / 11).backward()
+        grads.append((loss.detach(), x.grad))
+    (fused, fused_grad), (expected, expected_grad) = grads
+    torch.testing.assert_close(fused, expected)
+    assert fused_grad.dtype == dtype and (fused_grad[target == PAD] == 0).all()
+    torch.testing.assert_close(fused_grad, expected_grad)
+    with torch.no_grad():
+        torch.testing.assert_close(token_loss_sum(logits, target, label_smoothing), expected)
+
+
+def torch_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    return F.cross_entropy(
+        flat, target.reshape(-1), ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum"
+    )
 
 
 def test_doubled_batch_repeats_every_row():
