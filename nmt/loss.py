@@ -24,9 +24,10 @@ class SmoothedCrossEntropy(torch.autograd.Function):
     """Label-smoothed cross-entropy summed over the rows whose target is not PAD: per row, with ε the
     smoothing and V the columns, (1 − ε) (lse − z_target) + ε (lse − mean z), lse = logsumexp(z).
 
-    Its gradient, softmax(z) − (1 − ε) one-hot − ε / V (zero on PAD rows), is formed in the forward pass from
-    the exponentials the loss needs anyway, so backward only scales it: on 2 CPU cores a bf16 training batch
-    takes 5.5% less time than with F.cross_entropy (its log-softmax, backward and two terms' gradients)."""
+    Its gradient, softmax(z) − (1 − ε) one-hot − ε / V (zero on PAD rows), is formed in the forward
+    pass from the exponentials the loss needs anyway, so backward only scales it: on 2 CPU cores a bf16
+    training batch takes about 3% less time (0.7 to 5.5% in seven timings) than with F.cross_entropy (its
+    log-softmax, its backward and the sum of its two terms' gradients)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
@@ -41,10 +42,9 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         loss = torch.where(real, per_row, 0.0).sum()
         ctx.dtype = logits.dtype
         if ctx.needs_input_grad[0]:
-            grad = torch.addcmul(torch.tensor(-eps / z.size(1)), p, total.reciprocal())  # softmax − ε / V
-            grad.scatter_add_(1, target.unsqueeze(1), torch.full_like(nll, eps - 1))  # − (1 − ε) one-hot
-            if not real.all():  # training passes real rows only
-                grad.masked_fill_(~real, 0.0)
+            keep = real.float()  # (N, 1): 0 zeroes a PAD row's gradient, with no pass or sync of its own
+            grad = torch.addcmul(keep * (-eps / z.size(1)), p, keep / total)  # softmax − ε / V
+            grad.scatter_add_(1, target.unsqueeze(1), keep * (eps - 1))  # − (1 − ε) one-hot
             ctx.save_for_backward(grad)
         return loss
 
